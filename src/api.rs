@@ -1,0 +1,134 @@
+//! The API server connection: client construction from the kubeconfig, and one shared tracker
+//! of whether the API server is reachable, so that an outage is logged once when it starts and
+//! once when it ends, not once per retry.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Timeout for connecting to the API server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout for one non-watch response; watches have their own idle timeout in kube-runtime.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a client from a kubeconfig file (its current context).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).with_context(|| format!("building an API client from {}", path.display()))
+}
+
+/// Whether the API server answered the last request, shared by every loop that talks to it.
+#[derive(Debug, Default)]
+pub struct ApiHealth {
+    down_since: Mutex<Option<Instant>>,
+}
+
+impl ApiHealth {
+    /// A request succeeded.
+    pub fn ok(&self) {
+        let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = down.take() {
+            log::info!("API server reachable again after {}s", since.elapsed().as_secs());
+        }
+    }
+
+    /// A request failed in a way that suggests the API server cannot be reached or is unhealthy.
+    /// Returns true when this starts an outage (the caller need not log the error again).
+    pub fn failed(&self, what: &str, err: &dyn std::fmt::Display) -> bool {
+        let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        if down.is_none() {
+            *down = Some(Instant::now());
+            log::warn!("API server unreachable ({what}: {err}); vks keeps running and retries");
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Logs a failed request: a transport error starts (or continues, silently) an outage;
+    /// anything else is logged as a warning naming `what`.
+    pub fn report(&self, what: &str, err: &anyhow::Error) {
+        let transport = err.chain().any(|c| c.downcast_ref::<kube::Error>().is_some_and(is_transport_error));
+        if transport {
+            self.failed(what, &format!("{err:#}"));
+        } else {
+            log::warn!("{what}: {err:#}");
+        }
+    }
+
+    /// True while an outage is ongoing.
+    pub fn is_down(&self) -> bool {
+        self.down_since.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
+/// Whether an error from kube looks like the API server being unreachable or overloaded (as
+/// opposed to a request it understood and refused).
+pub fn is_transport_error(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => matches!(status.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::HttpError(_) => true,
+        _ => false,
+    }
+}
+
+/// Capped exponential back-off: 200 ms doubling to a cap, as the kubelet's lease client.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    /// Starts at 200 ms, never exceeds `cap`.
+    pub fn new(cap: Duration) -> Backoff {
+        Backoff { next: Duration::from_millis(200), cap }
+    }
+
+    /// The delay before the next retry.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        d
+    }
+
+    /// Back to the first delay after a success.
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(200);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(7));
+        let got: Vec<u64> = (0..8).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(got, [200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn health_reports_transitions_once() {
+        let h = ApiHealth::default();
+        assert!(!h.is_down());
+        assert!(h.failed("x", &"boom"));
+        assert!(!h.failed("x", &"boom"));
+        assert!(h.is_down());
+        h.ok();
+        assert!(!h.is_down());
+        assert!(h.failed("x", &"again"));
+    }
+}

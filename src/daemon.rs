@@ -1,0 +1,89 @@
+//! `vks run`: wires the boundaries together and runs the node until shutdown.
+//!
+//! Order matters and is the contract with systemd (`Type=notify`): the config is already valid;
+//! then systemd's bus, the kubeconfig and the kubelet port are set up (failures here are fatal);
+//! then the Node is registered (retried until it works); only then `READY=1`. On shutdown the
+//! loops are cancelled together and given a few seconds to finish. Pods keep running: their
+//! units belong to systemd, not to vks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiHealth};
+use crate::config::Config;
+use crate::host;
+use crate::kubelet_api::KubeletServer;
+use crate::node::lease::LeaseKeeper;
+use crate::node::{NodeAgent, NodeIdentity};
+use crate::notify::{self, Liveness};
+use crate::systemd::dbus::DbusSystemd;
+use crate::systemd::{Systemd, UNIT_DIR};
+
+/// How long the loops get to finish after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let config = Arc::new(config);
+    for dir in [&config.paths.state_dir, &config.paths.pod_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let internal_ip = match config.node.internal_ip {
+        Some(ip) => ip,
+        None => host::detect_node_ip()?,
+    };
+    let id = NodeIdentity {
+        name: config.node.name.clone(),
+        internal_ip,
+        external_ip: config.node.external_ip,
+        kubelet_port: config.kubelet.port,
+    };
+    log::info!(node = id.name.as_str(); "vks {} starting as node {} ({})", env!("CARGO_PKG_VERSION"), id.name, internal_ip);
+
+    notify::status("connecting to systemd");
+    let systemd: Arc<dyn Systemd> =
+        Arc::new(DbusSystemd::connect(None, Path::new(UNIT_DIR)).await.context("connecting to systemd over D-Bus")?);
+    let version = systemd.version().await.context("reading systemd's version")?;
+    log::info!("systemd {version} reachable over D-Bus");
+
+    let client = api::client_from_kubeconfig(&config.cluster.kubeconfig).await?;
+    let mut names = vec![id.name.clone(), internal_ip.to_string()];
+    names.extend(id.external_ip.map(|ip| ip.to_string()));
+    let server = KubeletServer::bind(&config.kubelet, &names).await?;
+    log::info!("kubelet API listening on https://{}", server.local_addr()?);
+
+    let health = Arc::new(ApiHealth::default());
+    let agent = Arc::new(NodeAgent::new(client.clone(), config.clone(), id.clone(), systemd.clone(), health.clone()));
+    notify::status(&format!("registering node {}", id.name));
+    match agent.register(&shutdown).await {
+        Ok(_) => {}
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+
+    let liveness = Liveness::default();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(server.serve(shutdown.clone()));
+    tasks.spawn(LeaseKeeper::new(client.clone(), &id.name, health.clone()).run(shutdown.clone()));
+    {
+        let (agent, cancel, liveness) = (agent.clone(), shutdown.clone(), liveness.clone());
+        tasks.spawn(async move { agent.status_loop(cancel, move || liveness.tick()).await });
+    }
+    tasks.spawn(notify::watchdog(liveness, crate::node::STATUS_INTERVAL * 6, shutdown.clone()));
+
+    notify::ready(&format!("node {} registered", id.name));
+    log::info!(node = id.name.as_str(); "node {} ready", id.name);
+
+    shutdown.cancelled().await;
+    notify::stopping();
+    log::info!("shutting down");
+    if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        log::warn!("some tasks did not finish within {}s; exiting anyway", SHUTDOWN_GRACE.as_secs());
+    }
+    Ok(())
+}

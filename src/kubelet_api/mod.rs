@@ -1,0 +1,143 @@
+//! The kubelet HTTPS API on `kubelet.address:kubelet.port`.
+//!
+//! Serves TLS with the configured serving certificate, or a self-signed one generated at
+//! start-up (as the kubelet does without `--tls-cert-file`). When `kubelet.client_ca_file` is
+//! set, client certificates are verified against it (the API server presents one signed by the
+//! cluster's client CA). So far only `/healthz` is served; every other path answers 404.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KubeletConfig;
+
+/// A bound, not yet serving, kubelet API.
+pub struct KubeletServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads the configured key pair, or makes a self-signed one for `names` (node name and IPs).
+fn key_pair(cfg: &KubeletConfig, names: &[String]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .with_context(|| format!("reading kubelet.tls_cert_file {}", cert.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing kubelet.tls_cert_file {}", cert.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "kubelet.tls_cert_file {} holds no certificate", cert.display());
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading kubelet.tls_key_file {}", key.display()))?;
+        return Ok((certs, key));
+    }
+    let ck =
+        rcgen::generate_simple_self_signed(names.to_vec()).context("generating a self-signed serving certificate")?;
+    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("encoding the generated key: {e}"))?;
+    Ok((vec![ck.cert.der().clone()], key))
+}
+
+fn tls_config(cfg: &KubeletConfig, names: &[String]) -> Result<ServerConfig> {
+    let (certs, key) = key_pair(cfg, names)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match &cfg.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading kubelet.client_ca_file {}", ca.display()))?
+            {
+                let c = c.with_context(|| format!("parsing kubelet.client_ca_file {}", ca.display()))?;
+                roots.add(c).with_context(|| format!("adding a CA of kubelet.client_ca_file {}", ca.display()))?;
+            }
+            // Unauthenticated TLS clients are let through to the HTTP layer, which decides per
+            // path (bearer tokens are an alternative to client certificates).
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .context("building the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config =
+        builder.with_single_cert(certs, key).context("kubelet serving certificate and key do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl KubeletServer {
+    /// Binds the port and loads the TLS material; `names` go into a generated certificate.
+    pub async fn bind(cfg: &KubeletConfig, names: &[String]) -> Result<KubeletServer> {
+        let tls = tls_config(cfg, names)?;
+        let addr = SocketAddr::new(cfg.address, cfg.port);
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the kubelet API to {addr}"))?;
+        Ok(KubeletServer { listener, acceptor: TlsAcceptor::from(Arc::new(tls)) })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `cancel` fires.
+    pub async fn serve(self, cancel: CancellationToken) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = cancel.cancelled() => return,
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::warn!("kubelet API accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        log::debug!("kubelet API TLS handshake with {peer}: {e}");
+                        return;
+                    }
+                };
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle));
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    r = conn => if let Err(e) = r { log::debug!("kubelet API connection from {peer}: {e}") },
+                }
+            });
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (status, body) = match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/healthz") => (StatusCode::OK, "ok"),
+        _ => (StatusCode::NOT_FOUND, "404 page not found\n"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    Ok(resp)
+}

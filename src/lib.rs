@@ -1,0 +1,31 @@
+//! vks: a Kubernetes node agent (a kubelet) that runs each container of a pod as a systemd unit
+//! on an ordinary Debian machine.
+//!
+//! # Layout
+//! - [`cli`], [`config`]: command line and `/etc/vks/config.toml` (validated before anything
+//!   else happens).
+//! - [`daemon`]: `vks run` — wires the parts below and owns the start-up order and shutdown.
+//! - [`node`]: the Node object, its status and Lease.
+//! - [`host`]: facts about the machine (capacity, usage, identity, addresses).
+//! - [`systemd`]: the boundary to systemd (trait, D-Bus implementation, fake).
+//! - [`kubelet_api`]: the kubelet HTTPS API.
+//! - [`api`]: API server client and reachability tracking.
+//! - [`notify`], [`shutdown`], [`logging`]: sd_notify, signals, journald.
+//!
+//! ARCHITECTURE.md at the repository root has the bird's-eye view and the invariants.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod kubelet_api;
+pub mod logging;
+pub mod node;
+pub mod notify;
+pub mod quantity;
+pub mod shutdown;
+pub mod systemd;
