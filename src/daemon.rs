@@ -17,10 +17,13 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiHealth};
 use crate::config::Config;
 use crate::host;
+use crate::images::PathImages;
 use crate::kubelet_api::KubeletServer;
 use crate::node::lease::LeaseKeeper;
 use crate::node::{NodeAgent, NodeIdentity};
 use crate::notify::{self, Liveness};
+use crate::pods::{PodManager, Shared};
+use crate::unit::NodeContext;
 use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::{Systemd, UNIT_DIR};
 
@@ -75,6 +78,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tasks.spawn(async move { agent.status_loop(cancel, move || liveness.tick()).await });
     }
     tasks.spawn(notify::watchdog(liveness, crate::node::STATUS_INTERVAL * 6, shutdown.clone()));
+
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        systemd: systemd.clone(),
+        images: Arc::new(PathImages),
+        node: NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
+        pod_dir: config.paths.pod_dir.clone(),
+        owners: Default::default(),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter { controller: "vks".into(), instance: Some(id.name.clone()) },
+        ),
+        health: health.clone(),
+    });
+    {
+        let (manager, name) = (PodManager::new(shared, shutdown.clone()), id.name.clone());
+        tasks.spawn(async move {
+            if let Err(e) = manager.run(&name).await {
+                log::error!("pod manager stopped: {e:#}");
+            }
+        });
+    }
 
     notify::ready(&format!("node {} registered", id.name));
     log::info!(node = id.name.as_str(); "node {} ready", id.name);

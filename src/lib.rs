@@ -6,8 +6,11 @@
 //!   else happens).
 //! - [`daemon`]: `vks run` — wires the parts below and owns the start-up order and shutdown.
 //! - [`node`]: the Node object, its status and Lease.
+//! - [`pods`]: the pods bound to this node, one worker per pod driving its units.
+//! - [`images`]: what an image names on the host.
 //! - [`host`]: facts about the machine (capacity, usage, identity, addresses).
 //! - [`systemd`]: the boundary to systemd (trait, D-Bus implementation, fake).
+//! - [`unit`]: pure pod → unit-file translation (names, escaping, `[X-Kubernetes]`).
 //! - [`kubelet_api`]: the kubelet HTTPS API.
 //! - [`api`]: API server client and reachability tracking.
 //! - [`notify`], [`shutdown`], [`logging`]: sd_notify, signals, journald.
@@ -22,10 +25,13 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod images;
 pub mod kubelet_api;
 pub mod logging;
 pub mod node;
 pub mod notify;
+pub mod pods;
 pub mod quantity;
 pub mod shutdown;
 pub mod systemd;
+pub mod unit;

@@ -151,6 +151,14 @@ impl Systemd for DbusSystemd {
             .map_err(bus(format!("StartUnit({name})")))
     }
 
+    async fn restart(&self, name: &str) -> Result<(), SystemdError> {
+        self.manager
+            .restart_unit(name.to_owned(), "replace".to_owned())
+            .await
+            .map(drop)
+            .map_err(bus(format!("RestartUnit({name})")))
+    }
+
     async fn stop(&self, name: &str) -> Result<(), SystemdError> {
         match self.manager.stop_unit(name.to_owned(), "replace".to_owned()).await {
             Ok(_) => Ok(()),

@@ -67,6 +67,30 @@ impl FakeSystemd {
         FakeSystemd::notify(&mut s, name);
     }
 
+    fn start_inner(&self, name: &str) -> Result<(), SystemdError> {
+        let mut s = self.lock();
+        if !s.files.contains_key(name) {
+            return Err(SystemdError::NoSuchUnit(name.to_owned()));
+        }
+        s.invocations += 1;
+        let invocation = format!("{:032x}", s.invocations);
+        let u = s.units.entry(name.to_owned()).or_default();
+        if u.active_state != ActiveState::Active || u.sub_state != "running" {
+            *u = UnitStatus {
+                load_state: "loaded".into(),
+                active_state: ActiveState::Active,
+                sub_state: "running".into(),
+                result: "success".into(),
+                started_usec: now_usec(),
+                main_pid: 4242,
+                invocation_id: invocation,
+                ..UnitStatus::default()
+            };
+        }
+        FakeSystemd::notify(&mut s, name);
+        Ok(())
+    }
+
     /// Unit files currently written.
     pub fn files(&self) -> BTreeMap<String, String> {
         self.lock().files.clone()
@@ -111,29 +135,20 @@ impl Systemd for FakeSystemd {
         Ok(())
     }
 
+    async fn restart(&self, name: &str) -> Result<(), SystemdError> {
+        {
+            let mut s = self.lock();
+            s.calls.push(format!("restart {name}"));
+            if let Some(u) = s.units.get_mut(name) {
+                u.sub_state = "dead".into();
+            }
+        }
+        self.start_inner(name)
+    }
+
     async fn start(&self, name: &str) -> Result<(), SystemdError> {
-        let mut s = self.lock();
-        s.calls.push(format!("start {name}"));
-        if !s.files.contains_key(name) {
-            return Err(SystemdError::NoSuchUnit(name.to_owned()));
-        }
-        s.invocations += 1;
-        let invocation = format!("{:032x}", s.invocations);
-        let u = s.units.entry(name.to_owned()).or_default();
-        if u.active_state != ActiveState::Active || u.sub_state != "running" {
-            *u = UnitStatus {
-                load_state: "loaded".into(),
-                active_state: ActiveState::Active,
-                sub_state: "running".into(),
-                result: "success".into(),
-                started_usec: now_usec(),
-                main_pid: 4242,
-                invocation_id: invocation,
-                ..UnitStatus::default()
-            };
-        }
-        FakeSystemd::notify(&mut s, name);
-        Ok(())
+        self.lock().calls.push(format!("start {name}"));
+        self.start_inner(name)
     }
 
     async fn stop(&self, name: &str) -> Result<(), SystemdError> {

@@ -164,6 +164,8 @@ pub trait Systemd: Send + Sync + 'static {
     async fn reload(&self) -> Result<(), SystemdError>;
     /// Queues a start job (replace mode); returns once queued.
     async fn start(&self, name: &str) -> Result<(), SystemdError>;
+    /// Queues a restart job (replace mode): a new run of a unit that ran before.
+    async fn restart(&self, name: &str) -> Result<(), SystemdError>;
     /// Queues a stop job (replace mode); returns once queued.
     async fn stop(&self, name: &str) -> Result<(), SystemdError>;
     /// Sends a signal.

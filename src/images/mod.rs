@@ -1,0 +1,78 @@
+//! Images: what a container's `image` names on the host, behind the narrow [`Images`] trait.
+//!
+//! So far an image is an absolute path to an executable already on the host ([`PathImages`]):
+//! nothing is installed, the file must exist and be executable, and it is the container's
+//! default command.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use async_trait::async_trait;
+
+pub use crate::unit::ImageInfo;
+
+/// Why an image is not available, with the kubelet's waiting reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ImageError {
+    /// `ErrImagePull`, `ErrImageNeverPull`, `InvalidImageName`, ...
+    pub reason: &'static str,
+    /// What went wrong, naming the image.
+    pub message: String,
+}
+
+/// Makes images available.
+#[async_trait]
+pub trait Images: Send + Sync + 'static {
+    /// Ensures `image` is available (may take long: installs). `pull_policy` is the container's
+    /// `imagePullPolicy` (`Always`, `IfNotPresent` or `Never`).
+    async fn ensure(&self, image: &str, pull_policy: &str) -> Result<ImageInfo, ImageError>;
+}
+
+/// Whether `path` is a regular file with an execute bit.
+pub fn is_executable(path: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Images that are absolute paths of executables on the host.
+#[derive(Debug, Default)]
+pub struct PathImages;
+
+/// Resolves an absolute-path image.
+pub fn resolve_path_image(image: &str) -> Result<ImageInfo, ImageError> {
+    if !Path::new(image).is_absolute() {
+        return Err(ImageError {
+            reason: "InvalidImageName",
+            message: format!("image {image:?}: only absolute paths of executables on the node are supported"),
+        });
+    }
+    if !is_executable(image) {
+        return Err(ImageError {
+            reason: "ErrImageNeverPull",
+            message: format!("image {image:?} is not an executable file on this node (path images are never installed)"),
+        });
+    }
+    Ok(ImageInfo { entrypoint: vec![image.to_owned()], args: Vec::new(), image_id: format!("file://{image}") })
+}
+
+#[async_trait]
+impl Images for PathImages {
+    async fn ensure(&self, image: &str, _pull_policy: &str) -> Result<ImageInfo, ImageError> {
+        resolve_path_image(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_images() {
+        let ok = resolve_path_image("/bin/sh").unwrap();
+        assert_eq!(ok.entrypoint, ["/bin/sh"]);
+        assert_eq!(ok.image_id, "file:///bin/sh");
+        assert_eq!(resolve_path_image("/usr/lib/os-release").unwrap_err().reason, "ErrImageNeverPull");
+        assert_eq!(resolve_path_image("/nonexistent/x").unwrap_err().reason, "ErrImageNeverPull");
+        assert_eq!(resolve_path_image("busybox").unwrap_err().reason, "InvalidImageName");
+    }
+}

@@ -1,0 +1,537 @@
+//! Pure computation of container and pod status, ported from the kubelet (`getPhase` in
+//! pkg/kubelet/kubelet_pods.go, the conditions in pkg/kubelet/status/generate.go) so that
+//! `kubectl get pods`, Jobs and Deployments see what they would see from a kubelet.
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
+    Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::systemd::{ActiveState, ExitKind, UnitStatus};
+use crate::unit::ContainerKind;
+
+/// A container's current state as vks reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CState {
+    /// Not running; `reason` is the kubelet's (ContainerCreating, CrashLoopBackOff, ...).
+    Waiting {
+        /// Machine-readable reason.
+        reason: String,
+        /// Human-readable detail.
+        message: Option<String>,
+    },
+    /// The main process runs.
+    Running {
+        /// When it was started.
+        started_at: Option<Timestamp>,
+    },
+    /// The main process exited.
+    Terminated(Box<ContainerStateTerminated>),
+}
+
+impl CState {
+    /// A waiting state.
+    pub fn waiting(reason: &str, message: impl Into<Option<String>>) -> CState {
+        CState::Waiting { reason: reason.to_owned(), message: message.into() }
+    }
+
+    fn to_api(&self) -> ContainerState {
+        match self {
+            CState::Waiting { reason, message } => ContainerState {
+                waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+                ..ContainerState::default()
+            },
+            CState::Running { started_at } => ContainerState {
+                running: Some(ContainerStateRunning { started_at: started_at.map(Time) }),
+                ..ContainerState::default()
+            },
+            CState::Terminated(t) => ContainerState { terminated: Some((**t).clone()), ..ContainerState::default() },
+        }
+    }
+}
+
+/// What a unit says about its container's process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UnitRun {
+    /// No process has been started by this unit (or it is still being started).
+    NotStarted,
+    /// The main process runs.
+    Running(Option<Timestamp>),
+    /// The main process exited; the termination as the API shows it.
+    Exited(Box<ContainerStateTerminated>),
+}
+
+fn usec(t: u64) -> Option<Timestamp> {
+    (t > 0).then(|| Timestamp::from_microsecond(t as i64).ok()).flatten()
+}
+
+/// systemd's exit statuses for failures while setting up the process (before the program
+/// runs), with what they mean; see systemd.exec(5) "Process Exit Codes".
+fn setup_failure(code: i32) -> Option<&'static str> {
+    Some(match code {
+        200 => "CHDIR: the working directory could not be entered",
+        203 => "EXEC: the program could not be executed",
+        204 => "MEMORY: out of memory while starting",
+        208 => "SIGNAL_MASK",
+        209 => "STDIN",
+        210 => "CHROOT",
+        214 => "SETSCHEDULER",
+        216 => "GROUP: the group could not be resolved",
+        217 => "USER: the user could not be resolved",
+        218 => "CAPABILITIES",
+        226 => "NAMESPACE: the mount namespace could not be set up",
+        227 => "NO_NEW_PRIVILEGES",
+        228 => "SECCOMP",
+        _ => return None,
+    })
+}
+
+/// Reads a unit's status as a container state. `container_id` identifies the run.
+pub fn unit_run(u: &UnitStatus) -> UnitRun {
+    let container_id = (!u.invocation_id.is_empty()).then(|| format!("systemd://{}", u.invocation_id));
+    match u.exit_kind {
+        ExitKind::None => {
+            let running = u.main_pid != 0
+                && matches!(u.active_state, ActiveState::Active | ActiveState::Reloading | ActiveState::Deactivating);
+            if running { UnitRun::Running(usec(u.started_usec)) } else { UnitRun::NotStarted }
+        }
+        kind => {
+            let (exit_code, signal) = match kind {
+                ExitKind::Exited => (u.exit_status, None),
+                _ => (128 + u.exit_status, Some(u.exit_status)),
+            };
+            let (reason, message) = if u.result == "oom-kill" {
+                ("OOMKilled", None)
+            } else if kind == ExitKind::Exited && u.exit_status == 0 {
+                ("Completed", None)
+            } else if let (ExitKind::Exited, "exit-code", Some(what)) = (kind, u.result.as_str(), setup_failure(u.exit_status)) {
+                ("StartError", Some(format!("systemd could not start the process: exit status {} ({what})", u.exit_status)))
+            } else {
+                ("Error", None)
+            };
+            UnitRun::Exited(Box::new(ContainerStateTerminated {
+                container_id,
+                exit_code,
+                signal,
+                reason: Some(reason.to_owned()),
+                message,
+                started_at: usec(u.started_usec).map(Time),
+                finished_at: usec(u.exited_usec).map(Time),
+            }))
+        }
+    }
+}
+
+/// One container as the status needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerView {
+    /// Container name.
+    pub name: String,
+    /// Init, sidecar or app.
+    pub kind: ContainerKind,
+    /// Image as in the spec.
+    pub image: String,
+    /// What vks ran for the image.
+    pub image_id: String,
+    /// Current state.
+    pub state: CState,
+    /// The previous termination, if it restarted.
+    pub last_state: Option<ContainerStateTerminated>,
+    /// Restarts so far.
+    pub restart_count: i32,
+    /// The `systemd://<invocation id>` of the current or last run.
+    pub container_id: Option<String>,
+}
+
+impl ContainerView {
+    fn running(&self) -> bool {
+        matches!(self.state, CState::Running { .. })
+    }
+
+    /// Ready: running for app containers and sidecars (no probes yet); completed with 0 for
+    /// init containers.
+    pub fn ready(&self) -> bool {
+        match self.kind {
+            ContainerKind::Init => matches!(&self.state, CState::Terminated(t) if t.exit_code == 0),
+            _ => self.running(),
+        }
+    }
+
+    fn api(&self) -> ContainerStatus {
+        ContainerStatus {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            image_id: self.image_id.clone(),
+            container_id: self.container_id.clone(),
+            ready: self.ready(),
+            started: Some(self.running()),
+            restart_count: self.restart_count,
+            state: Some(self.state.to_api()),
+            last_state: Some(
+                self.last_state
+                    .clone()
+                    .map(|t| ContainerState { terminated: Some(t), ..ContainerState::default() })
+                    .unwrap_or_default(),
+            ),
+            ..ContainerStatus::default()
+        }
+    }
+}
+
+/// The kubelet's pod phase for these containers (`getPhase`, without alpha feature gates).
+/// `terminal` means vks has decided the pod will not run again.
+pub fn phase(restart_policy: &str, containers: &[ContainerView], terminal: bool) -> &'static str {
+    let (mut pending_init, mut pending_sidecars, mut failed_init) = (0, 0, 0);
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    let restarting = |c: &ContainerView| matches!(c.state, CState::Waiting { .. }) && c.last_state.is_some();
+    for c in containers {
+        match c.kind {
+            ContainerKind::Init => match &c.state {
+                CState::Running { .. } => pending_init += 1,
+                CState::Terminated(t) if t.exit_code != 0 => failed_init += 1,
+                CState::Terminated(_) => {}
+                CState::Waiting { .. } => match &c.last_state {
+                    Some(t) if t.exit_code != 0 => failed_init += 1,
+                    Some(_) => {}
+                    None => pending_init += 1,
+                },
+            },
+            ContainerKind::Sidecar => match &c.state {
+                CState::Running { .. } => running += 1,
+                CState::Terminated(_) => {}
+                CState::Waiting { .. } if restarting(c) => {}
+                CState::Waiting { .. } => {
+                    pending_sidecars += 1;
+                    waiting += 1;
+                }
+            },
+            ContainerKind::App => match &c.state {
+                CState::Running { .. } => running += 1,
+                CState::Terminated(t) => {
+                    stopped += 1;
+                    if t.exit_code == 0 {
+                        succeeded += 1;
+                    }
+                }
+                CState::Waiting { .. } if restarting(c) => stopped += 1,
+                CState::Waiting { .. } => waiting += 1,
+            },
+        }
+    }
+    let initialized = containers.iter().any(|c| c.kind == ContainerKind::App && !matches!(c.state, CState::Waiting { .. } if !restarting(c)));
+    if failed_init > 0 && restart_policy == "Never" {
+        return "Failed";
+    }
+    if pending_init > 0 || (pending_sidecars > 0 && !initialized) || waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    if stopped > 0 {
+        if terminal {
+            return if stopped == succeeded { "Succeeded" } else { "Failed" };
+        }
+        return match restart_policy {
+            "Always" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            "Never" => "Failed",
+            _ => "Running",
+        };
+    }
+    "Pending"
+}
+
+fn names(list: &[&str]) -> String {
+    format!("[{}]", list.join(" "))
+}
+
+fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String>, old: &[PodCondition], now: Timestamp) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    let transition = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    PodCondition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.map(str::to_owned),
+        message,
+        last_transition_time: Some(transition),
+        ..PodCondition::default()
+    }
+}
+
+/// Inputs of [`pod_status`] besides the containers.
+#[derive(Debug, Clone)]
+pub struct PodFacts<'a> {
+    /// The pod as in the API (spec and current status).
+    pub pod: &'a Pod,
+    /// The node's IP (host IP and, with host networking, the pod IP).
+    pub node_ip: &'a str,
+    /// When vks accepted the pod.
+    pub start_time: Timestamp,
+    /// vks has decided the pod will not run again.
+    pub terminal: bool,
+    /// The time to stamp new condition transitions with.
+    pub now: Timestamp,
+}
+
+/// The full pod status: phase, conditions, container statuses, IPs, start time, QoS class.
+pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
+    let spec = f.pod.spec.as_ref();
+    let policy = spec.and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let phase = phase(policy, containers, f.terminal);
+    let old = f.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+
+    let init_incomplete: Vec<&str> = containers
+        .iter()
+        .filter(|c| match c.kind {
+            ContainerKind::Init => !c.ready(),
+            ContainerKind::Sidecar => !c.running(),
+            ContainerKind::App => false,
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    let any_app_started = containers.iter().any(|c| {
+        c.kind == ContainerKind::App && (c.running() || matches!(c.state, CState::Terminated(_)) || c.last_state.is_some())
+    });
+    let initialized = if phase == "Succeeded" {
+        condition("Initialized", true, Some("PodCompleted"), None, &old, f.now)
+    } else if any_app_started || init_incomplete.is_empty() {
+        condition("Initialized", true, None, None, &old, f.now)
+    } else {
+        let msg = format!("containers with incomplete status: {}", names(&init_incomplete));
+        condition("Initialized", false, Some("ContainersNotInitialized"), Some(msg), &old, f.now)
+    };
+
+    let unready: Vec<&str> = containers
+        .iter()
+        .filter(|c| c.kind != ContainerKind::Init && !c.ready())
+        .map(|c| c.name.as_str())
+        .collect();
+    let (containers_ready, ready) = match phase {
+        "Succeeded" | "Failed" => {
+            let reason = if phase == "Failed" { "PodFailed" } else { "PodCompleted" };
+            (
+                condition("ContainersReady", false, Some(reason), None, &old, f.now),
+                condition("Ready", false, Some(reason), None, &old, f.now),
+            )
+        }
+        _ if unready.is_empty() => {
+            (condition("ContainersReady", true, None, None, &old, f.now), condition("Ready", true, None, None, &old, f.now))
+        }
+        _ => {
+            let msg = format!("containers with unready status: {}", names(&unready));
+            (
+                condition("ContainersReady", false, Some("ContainersNotReady"), Some(msg.clone()), &old, f.now),
+                condition("Ready", false, Some("ContainersNotReady"), Some(msg), &old, f.now),
+            )
+        }
+    };
+    let conditions = vec![
+        condition("PodReadyToStartContainers", !f.terminal, None, None, &old, f.now),
+        initialized,
+        ready,
+        containers_ready,
+        condition("PodScheduled", true, None, None, &old, f.now),
+    ];
+
+    let (init, app): (Vec<&ContainerView>, Vec<&ContainerView>) =
+        containers.iter().partition(|c| c.kind != ContainerKind::App);
+    PodStatus {
+        phase: Some(phase.to_owned()),
+        conditions: Some(conditions),
+        host_ip: Some(f.node_ip.to_owned()),
+        host_ips: Some(vec![HostIP { ip: f.node_ip.to_owned() }]),
+        pod_ip: Some(f.node_ip.to_owned()),
+        pod_ips: Some(vec![PodIP { ip: f.node_ip.to_owned() }]),
+        start_time: Some(Time(f.start_time)),
+        qos_class: Some(qos_class(f.pod).to_owned()),
+        init_container_statuses: (!init.is_empty()).then(|| init.iter().map(|c| c.api()).collect()),
+        container_statuses: Some(app.iter().map(|c| c.api()).collect()),
+        ..PodStatus::default()
+    }
+}
+
+/// The pod's QoS class (k8s.io/kubernetes pkg/apis/core/helper/qos): Guaranteed when every
+/// container has cpu and memory limits equal to its requests, BestEffort when none has any,
+/// Burstable otherwise.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = pod.spec.as_ref() else { return "BestEffort" };
+    let all = spec.init_containers.iter().flatten().chain(spec.containers.iter());
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in all {
+        let r = c.resources.as_ref();
+        let req = r.and_then(|r| r.requests.clone()).unwrap_or_default();
+        let lim = r.and_then(|r| r.limits.clone()).unwrap_or_default();
+        let relevant = |k: &String| k == "cpu" || k == "memory";
+        if req.keys().chain(lim.keys()).any(relevant) {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            match (lim.get(res), req.get(res)) {
+                (Some(l), Some(q)) if l == q => {}
+                (Some(_), None) => {} // requests default to limits
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, kind: ContainerKind, state: CState) -> ContainerView {
+        ContainerView {
+            name: name.into(),
+            kind,
+            image: "/bin/x".into(),
+            image_id: "/bin/x".into(),
+            state,
+            last_state: None,
+            restart_count: 0,
+            container_id: None,
+        }
+    }
+
+    fn exited(code: i32) -> CState {
+        CState::Terminated(Box::new(ContainerStateTerminated { exit_code: code, ..Default::default() }))
+    }
+
+    fn running() -> CState {
+        CState::Running { started_at: None }
+    }
+
+    fn creating() -> CState {
+        CState::waiting("ContainerCreating", None)
+    }
+
+    fn crashloop(code: i32) -> (CState, Option<ContainerStateTerminated>) {
+        (CState::waiting("CrashLoopBackOff", None), Some(ContainerStateTerminated { exit_code: code, ..Default::default() }))
+    }
+
+    #[test]
+    fn unit_states_map_to_container_states() {
+        let mut u = UnitStatus {
+            load_state: "loaded".into(),
+            active_state: ActiveState::Active,
+            sub_state: "running".into(),
+            main_pid: 7,
+            started_usec: 1_700_000_000_000_000,
+            invocation_id: "abc".into(),
+            ..UnitStatus::default()
+        };
+        assert!(matches!(unit_run(&u), UnitRun::Running(Some(_))));
+        u.main_pid = 0;
+        u.active_state = ActiveState::Activating;
+        assert_eq!(unit_run(&u), UnitRun::NotStarted);
+        u.exit_kind = ExitKind::Exited;
+        u.exit_status = 0;
+        u.exited_usec = 1_700_000_001_000_000;
+        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
+        assert_eq!((t.exit_code, t.reason.as_deref(), t.container_id.as_deref()), (0, Some("Completed"), Some("systemd://abc")));
+        u.exit_status = 3;
+        u.result = "exit-code".into();
+        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
+        assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
+        u.exit_status = 203;
+        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
+        assert_eq!(t.reason.as_deref(), Some("StartError"));
+        assert!(t.message.as_deref().unwrap().contains("203 (EXEC"));
+        u.exit_kind = ExitKind::Killed;
+        u.exit_status = 9;
+        u.result = "signal".into();
+        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
+        assert_eq!((t.exit_code, t.signal, t.reason.as_deref()), (137, Some(9), Some("Error")));
+        u.result = "oom-kill".into();
+        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
+        assert_eq!(t.reason.as_deref(), Some("OOMKilled"));
+    }
+
+    #[test]
+    fn phases_follow_the_kubelet() {
+        use ContainerKind::*;
+        let p = |policy, cs: Vec<ContainerView>| phase(policy, &cs, false);
+        assert_eq!(p("Always", vec![view("a", App, creating())]), "Pending");
+        assert_eq!(p("Always", vec![view("a", App, running())]), "Running");
+        assert_eq!(p("Always", vec![view("i", Init, running()), view("a", App, creating())]), "Pending");
+        assert_eq!(p("Never", vec![view("i", Init, exited(1)), view("a", App, creating())]), "Failed");
+        let (s, l) = crashloop(1);
+        let mut i = view("i", Init, s);
+        i.last_state = l;
+        assert_eq!(p("Always", vec![i.clone(), view("a", App, creating())]), "Pending");
+        assert_eq!(p("Never", vec![view("a", App, exited(0)), view("b", App, exited(0))]), "Succeeded");
+        assert_eq!(p("Never", vec![view("a", App, exited(0)), view("b", App, exited(2))]), "Failed");
+        assert_eq!(p("OnFailure", vec![view("a", App, exited(2))]), "Running");
+        assert_eq!(p("OnFailure", vec![view("a", App, exited(0))]), "Succeeded");
+        assert_eq!(p("Always", vec![view("a", App, exited(0))]), "Running");
+        let (s, l) = crashloop(1);
+        let mut a = view("a", App, s);
+        a.last_state = l;
+        assert_eq!(p("Always", vec![a]), "Running");
+        assert_eq!(phase("Always", &[view("a", App, exited(0))], true), "Succeeded");
+        // A sidecar that keeps running does not hold the pod in Running once apps are done.
+        assert_eq!(p("Never", vec![view("s", Sidecar, exited(137)), view("a", App, exited(0))]), "Succeeded");
+        assert_eq!(p("Never", vec![view("s", Sidecar, running()), view("a", App, running())]), "Running");
+        assert_eq!(p("Never", vec![view("s", Sidecar, creating()), view("a", App, creating())]), "Pending");
+    }
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn conditions_and_statuses() {
+        use ContainerKind::*;
+        let p = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let f = PodFacts { pod: &p, node_ip: "10.0.0.5", start_time: now, terminal: false, now };
+        let s = pod_status(&f, &[view("i", Init, exited(0)), view("a", App, running()), view("b", App, creating())]);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let cond = |t: &str| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap().clone();
+        assert_eq!(cond("Initialized").status, "True");
+        assert_eq!(cond("Ready").status, "False");
+        assert_eq!(cond("Ready").message.as_deref(), Some("containers with unready status: [b]"));
+        assert_eq!(cond("PodScheduled").status, "True");
+        assert_eq!(s.pod_ip.as_deref(), Some("10.0.0.5"));
+        assert!(s.init_container_statuses.as_ref().unwrap()[0].ready);
+        let b = &s.container_statuses.as_ref().unwrap()[1];
+        assert_eq!(b.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ContainerCreating"));
+        assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+
+        let s = pod_status(&f, &[view("i", Init, running()), view("a", App, creating()), view("b", App, creating())]);
+        let c = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Initialized").unwrap();
+        assert_eq!(c.message.as_deref(), Some("containers with incomplete status: [i]"));
+
+        let f = PodFacts { terminal: true, ..f };
+        let s = pod_status(&f, &[view("a", App, exited(0)), view("b", App, exited(0))]);
+        assert_eq!(s.phase.as_deref(), Some("Succeeded"));
+        let c = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(c.reason.as_deref(), Some("PodCompleted"));
+    }
+
+    #[test]
+    fn qos() {
+        let best = pod(serde_json::json!({"spec": {"containers": [{"name": "a"}]}}));
+        assert_eq!(qos_class(&best), "BestEffort");
+        let guaranteed = pod(serde_json::json!({"spec": {"containers": [{"name": "a",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}));
+        assert_eq!(qos_class(&guaranteed), "Guaranteed");
+        let burstable = pod(serde_json::json!({"spec": {"containers": [{"name": "a",
+            "resources": {"requests": {"cpu": "100m"}}}]}}));
+        assert_eq!(qos_class(&burstable), "Burstable");
+    }
+}
