@@ -23,9 +23,9 @@ use crate::node::lease::LeaseKeeper;
 use crate::node::{NodeAgent, NodeIdentity};
 use crate::notify::{self, Liveness};
 use crate::pods::{PodManager, Shared};
-use crate::unit::NodeContext;
 use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::{Systemd, UNIT_DIR};
+use crate::unit::NodeContext;
 
 /// How long the loops get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

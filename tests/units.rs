@@ -18,7 +18,8 @@ fn render_pod(pod: &Pod) -> String {
     let spec = pod.spec.as_ref().expect("pod has a spec");
     let mut out = String::new();
     let init = spec.init_containers.iter().flatten().map(|c| {
-        let kind = if c.restart_policy.as_deref() == Some("Always") { ContainerKind::Sidecar } else { ContainerKind::Init };
+        let kind =
+            if c.restart_policy.as_deref() == Some("Always") { ContainerKind::Sidecar } else { ContainerKind::Init };
         (c, kind)
     });
     let app = spec.containers.iter().map(|c| (c, ContainerKind::App));

@@ -49,7 +49,9 @@ pub fn resolve_path_image(image: &str) -> Result<ImageInfo, ImageError> {
     if !is_executable(image) {
         return Err(ImageError {
             reason: "ErrImageNeverPull",
-            message: format!("image {image:?} is not an executable file on this node (path images are never installed)"),
+            message: format!(
+                "image {image:?} is not an executable file on this node (path images are never installed)"
+            ),
         });
     }
     Ok(ImageInfo { entrypoint: vec![image.to_owned()], args: Vec::new(), image_id: format!("file://{image}") })

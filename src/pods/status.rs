@@ -106,8 +106,13 @@ pub fn unit_run(u: &UnitStatus) -> UnitRun {
                 ("OOMKilled", None)
             } else if kind == ExitKind::Exited && u.exit_status == 0 {
                 ("Completed", None)
-            } else if let (ExitKind::Exited, "exit-code", Some(what)) = (kind, u.result.as_str(), setup_failure(u.exit_status)) {
-                ("StartError", Some(format!("systemd could not start the process: exit status {} ({what})", u.exit_status)))
+            } else if let (ExitKind::Exited, "exit-code", Some(what)) =
+                (kind, u.result.as_str(), setup_failure(u.exit_status))
+            {
+                (
+                    "StartError",
+                    Some(format!("systemd could not start the process: exit status {} ({what})", u.exit_status)),
+                )
             } else {
                 ("Error", None)
             };
@@ -220,7 +225,9 @@ pub fn phase(restart_policy: &str, containers: &[ContainerView], terminal: bool)
             },
         }
     }
-    let initialized = containers.iter().any(|c| c.kind == ContainerKind::App && !matches!(c.state, CState::Waiting { .. } if !restarting(c)));
+    let initialized = containers
+        .iter()
+        .any(|c| c.kind == ContainerKind::App && !matches!(c.state, CState::Waiting { .. } if !restarting(c)));
     if failed_init > 0 && restart_policy == "Never" {
         return "Failed";
     }
@@ -248,7 +255,14 @@ fn names(list: &[&str]) -> String {
     format!("[{}]", list.join(" "))
 }
 
-fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String>, old: &[PodCondition], now: Timestamp) -> PodCondition {
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: Option<&str>,
+    message: Option<String>,
+    old: &[PodCondition],
+    now: Timestamp,
+) -> PodCondition {
     let status = if ok { "True" } else { "False" };
     let transition = old
         .iter()
@@ -297,7 +311,8 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         .map(|c| c.name.as_str())
         .collect();
     let any_app_started = containers.iter().any(|c| {
-        c.kind == ContainerKind::App && (c.running() || matches!(c.state, CState::Terminated(_)) || c.last_state.is_some())
+        c.kind == ContainerKind::App
+            && (c.running() || matches!(c.state, CState::Terminated(_)) || c.last_state.is_some())
     });
     let initialized = if phase == "Succeeded" {
         condition("Initialized", true, Some("PodCompleted"), None, &old, f.now)
@@ -308,11 +323,8 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         condition("Initialized", false, Some("ContainersNotInitialized"), Some(msg), &old, f.now)
     };
 
-    let unready: Vec<&str> = containers
-        .iter()
-        .filter(|c| c.kind != ContainerKind::Init && !c.ready())
-        .map(|c| c.name.as_str())
-        .collect();
+    let unready: Vec<&str> =
+        containers.iter().filter(|c| c.kind != ContainerKind::Init && !c.ready()).map(|c| c.name.as_str()).collect();
     let (containers_ready, ready) = match phase {
         "Succeeded" | "Failed" => {
             let reason = if phase == "Failed" { "PodFailed" } else { "PodCompleted" };
@@ -321,9 +333,10 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
                 condition("Ready", false, Some(reason), None, &old, f.now),
             )
         }
-        _ if unready.is_empty() => {
-            (condition("ContainersReady", true, None, None, &old, f.now), condition("Ready", true, None, None, &old, f.now))
-        }
+        _ if unready.is_empty() => (
+            condition("ContainersReady", true, None, None, &old, f.now),
+            condition("Ready", true, None, None, &old, f.now),
+        ),
         _ => {
             let msg = format!("containers with unready status: {}", names(&unready));
             (
@@ -420,7 +433,10 @@ mod tests {
     }
 
     fn crashloop(code: i32) -> (CState, Option<ContainerStateTerminated>) {
-        (CState::waiting("CrashLoopBackOff", None), Some(ContainerStateTerminated { exit_code: code, ..Default::default() }))
+        (
+            CState::waiting("CrashLoopBackOff", None),
+            Some(ContainerStateTerminated { exit_code: code, ..Default::default() }),
+        )
     }
 
     #[test]
@@ -442,7 +458,10 @@ mod tests {
         u.exit_status = 0;
         u.exited_usec = 1_700_000_001_000_000;
         let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
-        assert_eq!((t.exit_code, t.reason.as_deref(), t.container_id.as_deref()), (0, Some("Completed"), Some("systemd://abc")));
+        assert_eq!(
+            (t.exit_code, t.reason.as_deref(), t.container_id.as_deref()),
+            (0, Some("Completed"), Some("systemd://abc"))
+        );
         u.exit_status = 3;
         u.result = "exit-code".into();
         let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
@@ -496,7 +515,8 @@ mod tests {
     #[test]
     fn conditions_and_statuses() {
         use ContainerKind::*;
-        let p = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
+        let p =
+            pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
         let now = Timestamp::from_second(1_700_000_000).unwrap();
         let f = PodFacts { pod: &p, node_ip: "10.0.0.5", start_time: now, terminal: false, now };
         let s = pod_status(&f, &[view("i", Init, exited(0)), view("a", App, running()), view("b", App, creating())]);

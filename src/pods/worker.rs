@@ -233,7 +233,11 @@ impl Worker {
         };
         let mut ctrs = Vec::new();
         let init = spec.init_containers.iter().flatten().map(|c| {
-            let kind = if c.restart_policy.as_deref() == Some("Always") { ContainerKind::Sidecar } else { ContainerKind::Init };
+            let kind = if c.restart_policy.as_deref() == Some("Always") {
+                ContainerKind::Sidecar
+            } else {
+                ContainerKind::Init
+            };
             (c, kind)
         });
         for (c, kind) in init.chain(spec.containers.iter().map(|c| (c, ContainerKind::App))) {
@@ -243,14 +247,18 @@ impl Worker {
             let unit = unit::name::unit_name(&ns, &name, &c.name);
             let adopted_meta = adopted.iter().find(|a| a.unit == unit).map(|a| &a.meta);
             let written = adopted_meta.map(|m| m.spec_hash.clone());
-            let ran = prev.as_ref().and_then(|p| p.state.as_ref()).is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+            let ran = prev
+                .as_ref()
+                .and_then(|p| p.state.as_ref())
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some());
             let lost_run = (written.is_none() && ran).then(|| ContainerStateTerminated {
                 exit_code: 255,
                 reason: Some("Unknown".into()),
                 message: Some("the container's unit was lost (the node restarted)".into()),
                 ..ContainerStateTerminated::default()
             });
-            let backoff = CrashBackoff::seeded(restart_count, last_state.as_ref().map_or_else(SystemTime::now, system_time));
+            let backoff =
+                CrashBackoff::seeded(restart_count, last_state.as_ref().map_or_else(SystemTime::now, system_time));
             ctrs.push(Ctr {
                 spec: c.clone(),
                 kind,
@@ -400,7 +408,8 @@ impl Worker {
             ..ObjectReference::default()
         };
         let recorder = self.shared.recorder.clone();
-        let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action: reason.to_owned(), secondary: None };
+        let ev =
+            Event { type_, reason: reason.to_owned(), note: Some(note), action: reason.to_owned(), secondary: None };
         tokio::spawn(async move {
             if let Err(e) = recorder.publish(&ev, &reference).await {
                 log::debug!("publishing event {}: {e}", ev.reason);
@@ -646,8 +655,8 @@ impl Worker {
             c.kind == ContainerKind::Init && c.exited().is_some_and(|t| t.exit_code != 0) && !c.will_restart(&policy, 1)
         });
         let apps: Vec<&Ctr> = self.ctrs.iter().filter(|c| c.kind == ContainerKind::App).collect();
-        let apps_done = !apps.is_empty()
-            && apps.iter().all(|c| c.exited().is_some_and(|t| !c.will_restart(&policy, t.exit_code)));
+        let apps_done =
+            !apps.is_empty() && apps.iter().all(|c| c.exited().is_some_and(|t| !c.will_restart(&policy, t.exit_code)));
         if init_failed_for_good || apps_done {
             self.terminal = true;
             for c in &mut self.ctrs {
@@ -715,8 +724,12 @@ impl Worker {
         match &mut self.deletion {
             None => {
                 log::info!(pod = label(&self.pod).as_str(); "stopping pod {} (grace {}s)", label(&self.pod), grace.as_secs());
-                self.deletion =
-                    Some(Deletion { deadline: now + grace, stage: Stage::Apps, sent_sigterm: Vec::new(), sent_sigkill: false });
+                self.deletion = Some(Deletion {
+                    deadline: now + grace,
+                    stage: Stage::Apps,
+                    sent_sigterm: Vec::new(),
+                    sent_sigkill: false,
+                });
             }
             // A shorter grace period (a second delete, or a force delete) moves the deadline in.
             Some(d) => d.deadline = d.deadline.min(now + grace),
@@ -783,7 +796,10 @@ impl Worker {
             if let Flow::Done = self.publish().await {
                 return self.finish();
             }
-            let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
+            let api: Api<Pod> = Api::namespaced(
+                self.shared.client.clone(),
+                self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+            );
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
@@ -819,13 +835,17 @@ impl Worker {
             .iter()
             .map(|c| {
                 let run = c.run();
-                let container_id =
-                    c.unit_status.as_ref().filter(|s| !s.invocation_id.is_empty()).map(|s| format!("systemd://{}", s.invocation_id));
+                let container_id = c
+                    .unit_status
+                    .as_ref()
+                    .filter(|s| !s.invocation_id.is_empty())
+                    .map(|s| format!("systemd://{}", s.invocation_id));
                 let mut last_state = c.last_state.clone();
                 let state = match (&run, &c.blocked, &c.image, c.restart_at) {
                     (UnitRun::Running(started), _, _, _) => CState::Running { started_at: *started },
                     (UnitRun::Exited(t), _, _, Some(_)) if self.deletion.is_none() => {
-                        let wait = c.restart_at.and_then(|at| at.duration_since(SystemTime::now()).ok()).unwrap_or_default();
+                        let wait =
+                            c.restart_at.and_then(|at| at.duration_since(SystemTime::now()).ok()).unwrap_or_default();
                         last_state = Some((**t).clone());
                         CState::waiting(
                             "CrashLoopBackOff",
@@ -841,7 +861,9 @@ impl Worker {
                     }
                     (UnitRun::Exited(t), _, _, _) => CState::Terminated(t.clone()),
                     (UnitRun::NotStarted, Some((reason, message, _)), _, _) => CState::waiting(reason, message.clone()),
-                    (UnitRun::NotStarted, None, ImageState::Failed(e, _), _) => CState::waiting(e.reason, e.message.clone()),
+                    (UnitRun::NotStarted, None, ImageState::Failed(e, _), _) => {
+                        CState::waiting(e.reason, e.message.clone())
+                    }
                     (UnitRun::NotStarted, None, _, _) if c.kind == ContainerKind::App && pending_init => {
                         CState::waiting("PodInitializing", None)
                     }
@@ -887,9 +909,17 @@ impl Worker {
         if self.last_status.as_ref() == Some(&body) {
             return Flow::Continue;
         }
-        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> =
+            Api::namespaced(self.shared.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
         let patch = serde_json::json!({ "metadata": { "uid": self.uid }, "status": body });
-        match api.patch_status(self.pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Strategic(&patch)).await {
+        match api
+            .patch_status(
+                self.pod.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await
+        {
             Ok(p) => {
                 self.shared.health.ok();
                 self.last_status = Some(body);
@@ -911,17 +941,12 @@ impl Worker {
     }
 }
 
-/// The status as a strategic-merge patch body: container status lists are replaced whole
-/// (`$patch: replace`), conditions merge by type with every field explicit, so nothing stale
-/// survives from an earlier status.
+/// The status as a strategic-merge patch body. Container status lists are atomic in the API
+/// (a patch replaces them whole); conditions merge by type, so each carries every field
+/// explicitly and nothing stale survives from an earlier status.
 fn patch_body(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::Value {
     let mut v = serde_json::to_value(status).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
-        for key in ["containerStatuses", "initContainerStatuses"] {
-            if let Some(serde_json::Value::Array(list)) = obj.get_mut(key) {
-                list.insert(0, serde_json::json!({ "$patch": "replace" }));
-            }
-        }
         if let Some(serde_json::Value::Array(conds)) = obj.get_mut("conditions") {
             for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
                 for k in ["reason", "message"] {

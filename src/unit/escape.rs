@@ -25,7 +25,9 @@ pub enum Unrepresentable {
     #[error("contains a NUL character")]
     Nul,
     /// systemd would drop this environment variable name.
-    #[error("is not a valid environment variable name for systemd (letters, digits and '_', not starting with a digit)")]
+    #[error(
+        "is not a valid environment variable name for systemd (letters, digits and '_', not starting with a digit)"
+    )]
     EnvName,
     /// systemd would drop this environment value.
     #[error("contains a control character other than tab and newline, which systemd refuses in environment values")]
@@ -77,7 +79,8 @@ pub fn exec_line(executable: &str, argv: &[String]) -> Result<String, Unrepresen
 /// Whether systemd accepts `name` as an environment variable name.
 pub fn is_valid_env_name(name: &str) -> bool {
     let mut b = name.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 /// One `Environment=` assignment.

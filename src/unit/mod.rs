@@ -257,7 +257,9 @@ pub fn resolve_executable(
         .filter(|d| d.starts_with('/'))
         .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
         .find(|p| is_executable(p))
-        .ok_or_else(|| SpecError::create(format!("container {container}: executable {argv0:?} not found in PATH ({path})")))
+        .ok_or_else(|| {
+            SpecError::create(format!("container {container}: executable {argv0:?} not found in PATH ({path})"))
+        })
 }
 
 /// Which restart policy applies to a container: the pod's for app containers, `Always` for
@@ -436,10 +438,11 @@ mod tests {
             ]
         }));
         let env = resolve_env(&pod(), &c, &node()).unwrap();
-        let want: Vec<(String, String)> = [("A", "again"), ("B", "1-$(C)"), ("C", "3"), ("IP", "10.0.0.5"), ("APP", "web")]
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let want: Vec<(String, String)> =
+            [("A", "again"), ("B", "1-$(C)"), ("C", "3"), ("IP", "10.0.0.5"), ("APP", "web")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
         assert_eq!(env, want);
     }
 
@@ -456,13 +459,17 @@ mod tests {
 
     #[test]
     fn command_and_args_semantics() {
-        let image = ImageInfo { entrypoint: vec!["/img".into()], args: vec!["--default".into()], image_id: String::new() };
+        let image =
+            ImageInfo { entrypoint: vec!["/img".into()], args: vec!["--default".into()], image_id: String::new() };
         let env = vec![("X".to_owned(), "1".to_owned())];
         let argv = |j| container_argv(&container(j), &image, &env).unwrap();
         assert_eq!(argv(serde_json::json!({"name": "c"})), ["/img", "--default"]);
         assert_eq!(argv(serde_json::json!({"name": "c", "args": ["a$(X)"]})), ["/img", "a1"]);
         assert_eq!(argv(serde_json::json!({"name": "c", "command": ["sh", "-c"]})), ["sh", "-c"]);
-        assert_eq!(argv(serde_json::json!({"name": "c", "command": ["sh"], "args": ["$(X)", "$$(X)"]})), ["sh", "1", "$(X)"]);
+        assert_eq!(
+            argv(serde_json::json!({"name": "c", "command": ["sh"], "args": ["$(X)", "$$(X)"]})),
+            ["sh", "1", "$(X)"]
+        );
         let none = ImageInfo::default();
         let e = container_argv(&container(serde_json::json!({"name": "c", "image": "x"})), &none, &env).unwrap_err();
         assert!(e.message.contains("no command to run"), "{e}");
@@ -496,7 +503,9 @@ mod tests {
         let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
         assert_eq!(e.reason, "CreateContainerError");
         assert_eq!(e.message, "container c: the command line contains a NUL character");
-        let c = container(serde_json::json!({"name": "c", "command": ["/bin/true"], "env": [{"name": "my.var", "value": "x"}]}));
+        let c = container(
+            serde_json::json!({"name": "c", "command": ["/bin/true"], "env": [{"name": "my.var", "value": "x"}]}),
+        );
         let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
         assert!(e.message.starts_with("container c: env \"my.var\" is not a valid environment variable name"), "{e}");
     }

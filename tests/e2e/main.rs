@@ -1,0 +1,9 @@
+//! End-to-end tests: the real control plane (`k3s/cluster`), real systemd nodes (`k3s/node`),
+//! the vks built from this checkout installed in them, and the real `kubectl`. No fakes.
+//!
+//! They are `#[ignore]`d so that a plain `cargo test` needs no cluster; `tests/run` starts the
+//! cluster and runs them with `--ignored`. Each test boots its own node(s), so they can run in
+//! parallel; tests that disturb the whole cluster live in `tests/e2e_exclusive/`.
+
+mod node;
+mod support;

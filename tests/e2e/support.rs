@@ -1,0 +1,261 @@
+//! Shared helpers of the end-to-end tests: the real test cluster (`k3s/cluster`), real systemd
+//! nodes (`k3s/node`), the real `kubectl`, and waiting for conditions with a deadline.
+//!
+//! Every node a test boots is tied to the test process (`VKS_NODE_OWNER`) and torn down by the
+//! [`Node`] guard when the test ends, or by the node's guardian if the test process dies.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node as K8sNode, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs a command, panicking with its output unless it succeeds; returns stdout.
+pub fn check(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}\n{}", out.status, text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The admin kubeconfig of the running test cluster.
+pub fn kubeconfig() -> &'static Path {
+    static KC: OnceLock<PathBuf> = OnceLock::new();
+    KC.get_or_init(|| {
+        let out = check(Command::new(repo().join("k3s/cluster")).arg("kubeconfig"));
+        let p = PathBuf::from(out.trim());
+        assert!(p.exists(), "no test cluster: start it with k3s/cluster up (tests/run does)");
+        p
+    })
+}
+
+/// `kubectl` with the admin kubeconfig; returns the output whatever the exit status.
+pub fn kubectl_output(args: &[&str]) -> Output {
+    run(Command::new("kubectl").env("KUBECONFIG", kubeconfig()).args(args))
+}
+
+/// `kubectl` with the admin kubeconfig; panics unless it succeeds; returns stdout.
+pub fn kubectl(args: &[&str]) -> String {
+    check(Command::new("kubectl").env("KUBECONFIG", kubeconfig()).args(args))
+}
+
+/// `kubectl apply -f -` of a manifest.
+pub fn apply(manifest: &str) -> String {
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl apply failed:\n{manifest}\n{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// An admin API client.
+pub async fn client() -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, panicking after `timeout` with `what` and
+/// the last value the probe described.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
+        assert!(start.elapsed() < timeout, "timed out after {}s waiting for {what}; last: {last}", timeout.as_secs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks `invariant` every 200 ms for `period`, panicking as soon as it fails: a test's way to
+/// assert that something stays true for a while.
+pub async fn hold_for(what: &str, period: Duration, mut invariant: impl AsyncFnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    while start.elapsed() < period {
+        if let Err(why) = invariant().await {
+            panic!("{what} stopped holding after {:.1}s: {why}", start.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A real systemd node with vks running in it; torn down on drop.
+pub struct Node {
+    /// Node (and Node object) name.
+    pub name: String,
+}
+
+/// A node name unique to this test run.
+pub fn node_name(test: &str) -> String {
+    let mut n: String =
+        test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    n.truncate(30);
+    let n = n.trim_matches('-').to_owned();
+    format!("{n}-{}", std::process::id() % 10_000)
+}
+
+impl Node {
+    /// Boots a node named after `test`, installs the vks built from this checkout, waits until
+    /// the Node is Ready.
+    pub fn up(test: &str) -> Node {
+        let name = node_name(test);
+        let out = run(Command::new(repo().join("k3s/node"))
+            .args(["up", &name])
+            .env("VKS_NODE_OWNER", std::process::id().to_string()));
+        let node = Node { name };
+        assert!(
+            out.status.success(),
+            "k3s/node up {} failed:\n{}\n{}",
+            node.name,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        node
+    }
+
+    /// Runs a command inside the node; returns the output whatever the exit status.
+    pub fn exec_output(&self, args: &[&str]) -> Output {
+        run(Command::new(repo().join("k3s/node")).arg("exec").arg(&self.name).args(args))
+    }
+
+    /// Runs a command inside the node, panicking unless it succeeds; returns stdout.
+    pub fn exec(&self, args: &[&str]) -> String {
+        check(Command::new(repo().join("k3s/node")).arg("exec").arg(&self.name).args(args))
+    }
+
+    /// `sh -c SCRIPT` inside the node.
+    pub fn sh(&self, script: &str) -> String {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// A property of a unit (`systemctl show -p P --value UNIT`).
+    pub fn unit_prop(&self, unit: &str, prop: &str) -> String {
+        self.exec(&["systemctl", "show", "-p", prop, "--value", unit]).trim().to_owned()
+    }
+
+    /// The node's IP (127.0.1.x).
+    pub fn ip(&self) -> String {
+        check(Command::new(repo().join("k3s/node")).args(["ip", &self.name])).trim().to_owned()
+    }
+
+    /// Reboots the node's systemd (same overlay root, fresh /run).
+    pub fn reboot(&self) {
+        check(Command::new(repo().join("k3s/node")).args(["reboot", &self.name]));
+    }
+
+    /// Replaces /etc/vks/config.toml in the node.
+    pub fn write_config(&self, toml: &str) {
+        let pid = check(Command::new(repo().join("k3s/node")).args(["pid", &self.name]));
+        let path = format!("/proc/{}/root/etc/vks/config.toml", pid.trim());
+        std::fs::write(&path, toml).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+
+    /// The node's current /etc/vks/config.toml.
+    pub fn config(&self) -> String {
+        self.exec(&["cat", "/etc/vks/config.toml"])
+    }
+
+    /// vks's journal in the node.
+    pub fn vks_journal(&self) -> String {
+        self.exec(&["journalctl", "-u", "vks", "--no-pager", "-o", "cat"])
+    }
+
+    /// The Node object.
+    pub async fn object(&self, client: &kube::Client) -> K8sNode {
+        Api::<K8sNode>::all(client.clone()).get(&self.name).await.unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = self.exec_output(&["journalctl", "--no-pager", "-n", "200", "-u", "vks"]);
+            eprintln!("--- vks journal of node {} (last 200 lines)\n{}", self.name, text(&out.stdout));
+        }
+        let _ = run(Command::new(repo().join("k3s/node")).args(["down", &self.name]));
+    }
+}
+
+/// A namespace for one test, deleted on drop.
+pub struct Namespace {
+    /// Its name.
+    pub name: String,
+}
+
+impl Namespace {
+    /// Creates a namespace named after the test.
+    pub fn new(test: &str) -> Namespace {
+        let name = format!("t-{}", node_name(test));
+        kubectl(&["create", "namespace", &name]);
+        Namespace { name }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl_output(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// Creates a pod from JSON in `ns`.
+pub async fn create_pod(client: &kube::Client, ns: &str, pod: serde_json::Value) -> Pod {
+    let pod: Pod = serde_json::from_value(pod).expect("pod JSON");
+    Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &pod).await.expect("create pod")
+}
+
+/// Gets a pod, `None` if it does not exist.
+pub async fn get_pod(client: &kube::Client, ns: &str, name: &str) -> Option<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns).get_opt(name).await.expect("get pod")
+}
+
+/// Deletes a pod with the given grace period (None: the pod's own).
+pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str, grace: Option<u32>) {
+    let dp = DeleteParams { grace_period_seconds: grace, ..DeleteParams::default() };
+    Api::<Pod>::namespaced(client.clone(), ns).delete(name, &dp).await.expect("delete pod");
+}
+
+/// The phase of a pod.
+pub fn phase(p: &Pod) -> String {
+    p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()
+}
+
+/// Waits until the pod reaches `want` phase.
+pub async fn wait_phase(client: &kube::Client, ns: &str, name: &str, want: &str, timeout: Duration) -> Pod {
+    wait_for(&format!("pod {ns}/{name} to be {want}"), timeout, async || {
+        let p = get_pod(client, ns, name).await.ok_or("pod does not exist")?;
+        if phase(&p) == want { Ok(p) } else { Err(format!("phase {:?}, status {:?}", phase(&p), p.status)) }
+    })
+    .await
+}
+
+/// The unit name vks uses for a container.
+pub fn unit_name(ns: &str, pod: &str, container: &str) -> String {
+    vks::unit::name::unit_name(ns, pod, container)
+}
