@@ -946,12 +946,10 @@ impl Worker {
 /// explicitly and nothing stale survives from an earlier status.
 fn patch_body(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::Value {
     let mut v = serde_json::to_value(status).unwrap_or_default();
-    if let Some(obj) = v.as_object_mut() {
-        if let Some(serde_json::Value::Array(conds)) = obj.get_mut("conditions") {
-            for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
-                for k in ["reason", "message"] {
-                    c.entry(k).or_insert(serde_json::Value::Null);
-                }
+    if let Some(serde_json::Value::Array(conds)) = v.get_mut("conditions") {
+        for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
+            for k in ["reason", "message"] {
+                c.entry(k).or_insert(serde_json::Value::Null);
             }
         }
     }
