@@ -20,8 +20,7 @@ pub fn repo() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    out
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 fn text(b: &[u8]) -> String {
