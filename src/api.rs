@@ -14,16 +14,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout for one non-watch response; watches have their own idle timeout in kube-runtime.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds a client from a kubeconfig file (its current context).
-pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+/// The two API clients vks uses, from one kubeconfig.
+#[derive(Clone)]
+pub struct Clients {
+    /// For ordinary requests: a response must come within [`READ_TIMEOUT`].
+    pub requests: kube::Client,
+    /// For watches, which legitimately stay silent for minutes: no read timeout (kube-runtime's
+    /// watcher has its own idle timeout).
+    pub watches: kube::Client,
+}
+
+/// Builds the clients from a kubeconfig file (its current context).
+pub async fn clients_from_kubeconfig(path: &Path) -> Result<Clients> {
     let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
+    let watches = kube::Client::try_from(config.clone())
+        .with_context(|| format!("building an API client from {}", path.display()))?;
     config.read_timeout = Some(READ_TIMEOUT);
     config.reset_reader_on_write = true;
-    kube::Client::try_from(config).with_context(|| format!("building an API client from {}", path.display()))
+    let requests =
+        kube::Client::try_from(config).with_context(|| format!("building an API client from {}", path.display()))?;
+    Ok(Clients { requests, watches })
 }
 
 /// Whether the API server answered the last request, shared by every loop that talks to it.

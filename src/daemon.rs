@@ -54,7 +54,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let version = systemd.version().await.context("reading systemd's version")?;
     log::info!("systemd {version} reachable over D-Bus");
 
-    let client = api::client_from_kubeconfig(&config.cluster.kubeconfig).await?;
+    let clients = api::clients_from_kubeconfig(&config.cluster.kubeconfig).await?;
+    let client = clients.requests.clone();
     let mut names = vec![id.name.clone(), internal_ip.to_string()];
     names.extend(id.external_ip.map(|ip| ip.to_string()));
     let server = KubeletServer::bind(&config.kubelet, &names).await?;
@@ -81,6 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let shared = Arc::new(Shared {
         client: client.clone(),
+        watch_client: clients.watches.clone(),
         systemd: systemd.clone(),
         images: Arc::new(PathImages),
         node: NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },

@@ -173,7 +173,7 @@ impl PodManager {
             log::info!("found {adopted_units} vks unit(s) on the node; adopting them");
         }
         let mut unit_events = self.shared.systemd.watch(PREFIX).await?;
-        let api: Api<Pod> = Api::all(self.shared.client.clone());
+        let api: Api<Pod> = Api::all(self.shared.watch_client.clone());
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
         let mut pods = watcher::watcher(api, config).default_backoff().boxed();
         let mut listing: Option<HashSet<String>> = None;

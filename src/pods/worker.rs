@@ -35,8 +35,10 @@ const CALL_RETRY: Duration = Duration::from_secs(2);
 
 /// What every worker shares.
 pub struct Shared {
-    /// API client (the node's identity).
+    /// API client (the node's identity) for requests.
     pub client: kube::Client,
+    /// API client for watches (no read timeout).
+    pub watch_client: kube::Client,
     /// systemd.
     pub systemd: Arc<dyn Systemd>,
     /// Image provider.
@@ -126,14 +128,21 @@ struct Ctr {
     blocked: Option<(String, String, Instant)>,
     /// `imageID` recorded in an adopted unit.
     adopted_image_id: Option<String>,
+    /// The last exit seen of the current run (cleared when the container is started again).
+    observed_exit: Option<Box<ContainerStateTerminated>>,
     /// The API says this container ran, but its unit is gone (the node rebooted): the next
     /// start counts as a restart, as the kubelet counts a container lost with its sandbox.
     lost_run: Option<ContainerStateTerminated>,
 }
 
 impl Ctr {
+    /// The container's run as systemd reports it; a run whose exit was seen stays exited even
+    /// if its unit is stopped or unloaded afterwards (for example while the node shuts down).
     fn run(&self) -> UnitRun {
-        self.unit_status.as_ref().map_or(UnitRun::NotStarted, status::unit_run)
+        match self.unit_status.as_ref().map_or(UnitRun::NotStarted, status::unit_run) {
+            UnitRun::NotStarted => self.observed_exit.clone().map_or(UnitRun::NotStarted, UnitRun::Exited),
+            run => run,
+        }
     }
 
     fn running(&self) -> bool {
@@ -247,10 +256,11 @@ impl Worker {
             let unit = unit::name::unit_name(&ns, &name, &c.name);
             let adopted_meta = adopted.iter().find(|a| a.unit == unit).map(|a| &a.meta);
             let written = adopted_meta.map(|m| m.spec_hash.clone());
-            let ran = prev
-                .as_ref()
-                .and_then(|p| p.state.as_ref())
-                .is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+            let ran = prev.as_ref().is_some_and(|p| {
+                p.restart_count > 0
+                    || p.state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                    || p.last_state.as_ref().is_some_and(|s| s.terminated.is_some())
+            });
             let lost_run = (written.is_none() && ran).then(|| ContainerStateTerminated {
                 exit_code: 255,
                 reason: Some("Unknown".into()),
@@ -273,10 +283,18 @@ impl Worker {
                 handled_exit: None,
                 blocked: None,
                 adopted_image_id: adopted_meta.map(|m| m.image_id.clone()),
+                observed_exit: None,
                 lost_run,
             });
         }
         for c in &ctrs {
+            if c.lost_run.is_some() {
+                log::info!(
+                    pod = format!("{ns}/{name}").as_str();
+                    "container {} of pod {ns}/{name} ran before but its unit is gone (node restarted): starting it again",
+                    c.spec.name
+                );
+            }
             if c.written.is_some() {
                 let _ = shared.claim(&c.unit, &uid);
             }
@@ -461,7 +479,7 @@ impl Worker {
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
             let Some(t) = c.exited() else { continue };
-            let invocation = c.unit_status.as_ref().map(|s| s.invocation_id.clone()).unwrap_or_default();
+            let invocation = t.container_id.clone().unwrap_or_default();
             if c.handled_exit.as_deref() == Some(invocation.as_str()) {
                 continue;
             }
@@ -471,6 +489,7 @@ impl Worker {
             let restart = !deleting && !self.terminal && c.will_restart(&policy, t.exit_code);
             let c = &mut self.ctrs[i];
             c.handled_exit = Some(invocation);
+            c.observed_exit = Some(t.clone());
             if restart {
                 let finished = system_time(&t);
                 let delay = c.backoff.delay(finished, now);
@@ -630,6 +649,7 @@ impl Worker {
                 }
                 c.adopted_image_id = Some(plan.meta.image_id.clone());
                 c.restart_at = None;
+                c.observed_exit = None;
                 let what = if ran_before { "Restarted" } else { "Started" };
                 let note = format!("{what} container {} (unit {unit})", c.spec.name);
                 self.event(EventType::Normal, "Started", note);

@@ -6,4 +6,5 @@
 //! parallel; tests that disturb the whole cluster live in `tests/e2e_exclusive/`.
 
 mod node;
+mod pods;
 mod support;
