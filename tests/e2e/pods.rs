@@ -390,11 +390,11 @@ async fn crash_loop_back_off_follows_the_kubelet() {
             finishes.entry(run).or_insert(t.finished_at.clone().unwrap().0);
             assert_eq!(t.exit_code, 2);
         }
-        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-            if w.reason.as_deref() == Some("CrashLoopBackOff") {
-                saw_backoff_message |= w.message.as_deref().unwrap_or("").starts_with("back-off ");
-                assert_eq!(phase(&p), "Running", "a crash-looping pod stays Running");
-            }
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
+            && w.reason.as_deref() == Some("CrashLoopBackOff")
+        {
+            saw_backoff_message |= w.message.as_deref().unwrap_or("").starts_with("back-off ");
+            assert_eq!(phase(&p), "Running", "a crash-looping pod stays Running");
         }
         if finishes.contains_key(&4) { Ok(()) } else { Err(format!("restartCount {}", c.restart_count)) }
     })
