@@ -3,7 +3,9 @@
 //! once when it ends, not once per retry.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -22,6 +24,24 @@ pub struct Clients {
     /// For watches, which legitimately stay silent for minutes: no read timeout (kube-runtime's
     /// watcher has its own idle timeout).
     pub watches: kube::Client,
+    /// Requests sent so far by both clients (a watch counts once).
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Clients {
+    /// Requests sent to the API server so far.
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+fn counting_client(config: kube::Config, sent: &Arc<AtomicU64>) -> Result<kube::Client, kube::Error> {
+    let sent = sent.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        sent.fetch_add(1, Ordering::Relaxed);
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())
 }
 
 /// Builds the clients from a kubeconfig file (its current context).
@@ -31,13 +51,14 @@ pub async fn clients_from_kubeconfig(path: &Path) -> Result<Clients> {
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
-    let watches = kube::Client::try_from(config.clone())
+    let sent = Arc::new(AtomicU64::new(0));
+    let watches = counting_client(config.clone(), &sent)
         .with_context(|| format!("building an API client from {}", path.display()))?;
     config.read_timeout = Some(READ_TIMEOUT);
     config.reset_reader_on_write = true;
     let requests =
-        kube::Client::try_from(config).with_context(|| format!("building an API client from {}", path.display()))?;
-    Ok(Clients { requests, watches })
+        counting_client(config, &sent).with_context(|| format!("building an API client from {}", path.display()))?;
+    Ok(Clients { requests, watches, sent })
 }
 
 /// Whether the API server answered the last request, shared by every loop that talks to it.

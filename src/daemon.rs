@@ -27,6 +27,33 @@ use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::{Systemd, UNIT_DIR};
 use crate::unit::NodeContext;
 
+/// Keeps systemd's status line (`systemctl status vks`) current: pods, API requests, outages.
+async fn status_line(
+    node: String,
+    pods: Arc<std::sync::atomic::AtomicUsize>,
+    clients: api::Clients,
+    health: Arc<ApiHealth>,
+    cancel: CancellationToken,
+) {
+    let mut last = String::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let api = if health.is_down() { "; API server unreachable" } else { "" };
+        let line = format!(
+            "node {node}: {} pods, {} API requests{api}",
+            pods.load(std::sync::atomic::Ordering::Relaxed),
+            clients.requests_sent()
+        );
+        if line != last {
+            notify::status(&line);
+            last = line;
+        }
+    }
+}
+
 /// How long the loops get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -80,6 +107,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     tasks.spawn(notify::watchdog(liveness, crate::node::STATUS_INTERVAL * 6, shutdown.clone()));
 
+    let (events, event_task) = crate::events::EventSink::new(client.clone(), &id.name, shutdown.clone());
+    tasks.spawn(event_task);
     let shared = Arc::new(Shared {
         client: client.clone(),
         watch_client: clients.watches.clone(),
@@ -88,14 +117,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         node: NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
         pod_dir: config.paths.pod_dir.clone(),
         owners: Default::default(),
-        recorder: kube::runtime::events::Recorder::new(
-            client.clone(),
-            kube::runtime::events::Reporter { controller: "vks".into(), instance: Some(id.name.clone()) },
-        ),
+        released: Default::default(),
+        events,
         health: health.clone(),
     });
+    let pod_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
-        let (manager, name) = (PodManager::new(shared, shutdown.clone()), id.name.clone());
+        let (manager, name) = (PodManager::new(shared, shutdown.clone(), pod_count.clone()), id.name.clone());
         tasks.spawn(async move {
             if let Err(e) = manager.run(&name).await {
                 log::error!("pod manager stopped: {e:#}");
@@ -105,6 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     notify::ready(&format!("node {} registered", id.name));
     log::info!(node = id.name.as_str(); "node {} ready", id.name);
+    tasks.spawn(status_line(id.name.clone(), pod_count, clients.clone(), health.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
     notify::stopping();

@@ -12,7 +12,7 @@
 //! - [`systemd`]: the boundary to systemd (trait, D-Bus implementation, fake).
 //! - [`unit`]: pure pod → unit-file translation (names, escaping, `[X-Kubernetes]`).
 //! - [`kubelet_api`]: the kubelet HTTPS API.
-//! - [`api`]: API server client and reachability tracking.
+//! - [`api`]: API server client and reachability tracking; [`events`]: Kubernetes Events.
 //! - [`notify`], [`shutdown`], [`logging`]: sd_notify, signals, journald.
 //!
 //! ARCHITECTURE.md at the repository root has the bird's-eye view and the invariants.
@@ -24,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod host;
 pub mod images;
 pub mod kubelet_api;

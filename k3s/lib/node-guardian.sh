@@ -11,22 +11,26 @@
 #   in the pid ns ends its PID 1 with SIGHUP, unshare re-raises it (exit 129): boot again on the same
 #   state. A poweroff from inside (SIGINT, 130) or a crash leaves the node "off" until `down`.
 # * SIGTERM (sent by `k3s/node down`): graceful poweroff, then exit (down cleans up).
-# * owner (STATE/owner, from VKS_NODE_OWNER) gone: graceful poweroff + full cleanup (like down).
+# * owner (STATE/owner, from VKS_NODE_OWNER) gone: graceful poweroff + full cleanup (like down), unless
+#   another process (down, a reaper) has already claimed the teardown.
+# * stdout/stderr = STATE/guardian.log: every exit of the guardian is logged there with its reason.
 set -u
+stop=0
+trap 'stop=1' TERM INT HUP      # first thing: `down` may signal us as soon as our record exists
 NAME=$1
+glog() { echo "$(date '+%F %T.%3N') guardian[$NAME]: $*"; }
+trap 'glog "exit $? (pid $$)"' EXIT
 # shellcheck source=node-lib.sh
 . "$(dirname "$(readlink -f "$0")")/node-lib.sh"
 STATE=$NODES_DIR/$NAME
-cd "$STATE" || exit 1
+cd "$STATE" || { glog "no state dir $STATE"; exit 1; }
 # close every fd inherited from the caller (a pipe held open here would hang `$(k3s/node up ..)`)
 for f in /proc/$$/fd/*; do
   fd=${f##*/}; [ "$fd" -gt 2 ] && [ "$fd" != 255 ] && eval "exec $fd>&-"
 done 2>/dev/null
-rec_pid $$ "$STATE/guardian"
+rec_pid $$ "$STATE/guardian" || { glog "cannot write $STATE/guardian"; exit 1; }
+glog "started (pid $$, owner: $(cat "$STATE/owner" 2>/dev/null || echo none))"
 
-glog() { echo "$(date '+%F %T.%3N') guardian[$NAME]: $*"; }
-stop=0
-trap 'stop=1' TERM INT HUP
 exec {SLEEPFD}<> <(:)           # sleep without forking: read -t on a pipe nobody writes to
 nap() { read -r -t "$1" -u "$SLEEPFD" _ 2>/dev/null; return 0; }
 
@@ -88,9 +92,14 @@ while :; do
   nap 0.2
 done
 
+mine=0
+if [ "$owner_gone" = 1 ]; then   # tear down + clean up ourselves, unless a down/reaper already does
+  lock; claim_teardown "$STATE" 2>/dev/null && mine=1; unlock
+  [ "$mine" = 1 ] || glog "teardown claimed by process $(cut -d' ' -f1 "$STATE/down" 2>/dev/null)"
+fi
 node_poweroff "$STATE" "$(cat "$STATE/stop-timeout" 2>/dev/null || echo "$NODE_STOP_TIMEOUT")"
 [ -n "$UPID" ] && wait "$UPID" 2>/dev/null
-if [ "$owner_gone" = 1 ]; then
+if [ "$mine" = 1 ]; then
   node_cleanup "$NAME" "$STATE"
   glog "cleaned up"
 fi

@@ -49,11 +49,17 @@ pub struct PodManager {
     adopted: HashMap<String, Vec<Adopted>>,
     tasks: JoinSet<String>,
     cancel: CancellationToken,
+    /// Number of pods with a worker, for the service status line.
+    count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl PodManager {
     /// A manager; nothing happens until [`PodManager::run`].
-    pub fn new(shared: Arc<Shared>, cancel: CancellationToken) -> PodManager {
+    pub fn new(
+        shared: Arc<Shared>,
+        cancel: CancellationToken,
+        count: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> PodManager {
         PodManager {
             shared,
             workers: HashMap::new(),
@@ -61,6 +67,7 @@ impl PodManager {
             adopted: HashMap::new(),
             tasks: JoinSet::new(),
             cancel,
+            count,
         }
     }
 
@@ -102,6 +109,7 @@ impl PodManager {
             let _ = tx.send(Msg::Gone);
         }
         self.workers.insert(uid.clone(), Handle { tx, units });
+        self.count.store(self.workers.len(), std::sync::atomic::Ordering::Relaxed);
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {
             worker.run(cancel).await;
@@ -127,6 +135,7 @@ impl PodManager {
 
     fn finished(&mut self, uid: &str) {
         if let Some(h) = self.workers.remove(uid) {
+            self.count.store(self.workers.len(), std::sync::atomic::Ordering::Relaxed);
             for u in h.units {
                 if let Some(list) = self.index.get_mut(&u) {
                     list.retain(|x| x != uid);
@@ -215,10 +224,10 @@ impl PodManager {
                     }
                 },
                 ue = unit_events.recv() => match ue {
-                    Some(UnitEvent::Changed(name)) => {
+                    Some(UnitEvent::Changed(name, delta)) => {
                         for uid in self.index.get(&name).into_iter().flatten() {
                             if let Some(h) = self.workers.get(uid) {
-                                let _ = h.tx.send(Msg::Unit);
+                                let _ = h.tx.send(Msg::Unit(name.clone(), delta.clone()));
                             }
                         }
                     }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::systemd::{ActiveState, ExitKind, UnitStatus};
+use crate::systemd::{ExitKind, UnitStatus};
 use crate::unit::ContainerKind;
 
 /// A container's current state as vks reports it.
@@ -91,11 +91,16 @@ fn setup_failure(code: i32) -> Option<&'static str> {
 /// Reads a unit's status as a container state. `container_id` identifies the run.
 pub fn unit_run(u: &UnitStatus) -> UnitRun {
     let container_id = (!u.invocation_id.is_empty()).then(|| format!("systemd://{}", u.invocation_id));
+    // Only the Service interface's main-process properties decide: they change together (one
+    // signal, one GetAll), whereas the Unit interface's ActiveState comes in a separate signal and
+    // may lag behind. systemd zeroes the exit status when it starts a new main process.
     match u.exit_kind {
         ExitKind::None => {
-            let running = u.main_pid != 0
-                && matches!(u.active_state, ActiveState::Active | ActiveState::Reloading | ActiveState::Deactivating);
-            if running { UnitRun::Running(usec(u.started_usec)) } else { UnitRun::NotStarted }
+            if u.main_pid != 0 {
+                UnitRun::Running(usec(u.started_usec))
+            } else {
+                UnitRun::NotStarted
+            }
         }
         kind => {
             let (exit_code, signal) = match kind {
@@ -406,6 +411,7 @@ pub fn qos_class(pod: &Pod) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::systemd::ActiveState;
 
     fn view(name: &str, kind: ContainerKind, state: CState) -> ContainerView {
         ContainerView {
@@ -454,9 +460,12 @@ mod tests {
         u.main_pid = 0;
         u.active_state = ActiveState::Activating;
         assert_eq!(unit_run(&u), UnitRun::NotStarted);
+        u.main_pid = 0;
         u.exit_kind = ExitKind::Exited;
         u.exit_status = 0;
         u.exited_usec = 1_700_000_001_000_000;
+        u.active_state = ActiveState::Active;
+        u.sub_state = "exited".into();
         let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
         assert_eq!(
             (t.exit_code, t.reason.as_deref(), t.container_id.as_deref()),
@@ -464,6 +473,8 @@ mod tests {
         );
         u.exit_status = 3;
         u.result = "exit-code".into();
+        u.active_state = ActiveState::Failed;
+        u.sub_state = "failed".into();
         let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
         assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
         u.exit_status = 203;

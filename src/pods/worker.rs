@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ use super::backoff::CrashBackoff;
 use super::status::{self, CState, ContainerView, PodFacts, UnitRun};
 use crate::api::ApiHealth;
 use crate::images::{ImageError, ImageInfo, Images};
-use crate::systemd::{KillWhom, Systemd, SystemdError, UnitStatus};
+use crate::systemd::{ActiveState, KillWhom, Systemd, SystemdError, UnitDelta, UnitStatus};
 use crate::unit::{self, ContainerKind, NodeContext, UnitMeta};
 
 /// How long a force-deleted pod's containers get after SIGTERM (the kubelet's minimum).
@@ -32,6 +32,10 @@ const FORCE_DELETE_GRACE: Duration = Duration::from_secs(2);
 const CREATE_RETRY: Duration = Duration::from_secs(10);
 /// Retry interval for failed API or systemd calls.
 const CALL_RETRY: Duration = Duration::from_secs(2);
+/// How long vks waits for systemd to report on a start job before trying again.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new pod's first status waits for its containers to start.
+const FIRST_STATUS_HOLD: Duration = Duration::from_secs(1);
 
 /// What every worker shares.
 pub struct Shared {
@@ -49,8 +53,11 @@ pub struct Shared {
     pub pod_dir: std::path::PathBuf,
     /// Unit name → UID of the pod that owns it; a unit name is used by one pod at a time.
     pub owners: Mutex<HashMap<String, String>>,
+    /// Unit names whose pod was removed: systemd may still have them loaded, so a new unit file
+    /// under such a name needs a check for `NeedDaemonReload`.
+    pub released: Mutex<std::collections::HashSet<String>>,
     /// Events.
-    pub recorder: Recorder,
+    pub events: crate::events::EventSink,
     /// API reachability.
     pub health: Arc<ApiHealth>,
 }
@@ -71,7 +78,12 @@ impl Shared {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         if owners.get(unit).is_some_and(|o| o == uid) {
             owners.remove(unit);
+            self.released.lock().unwrap_or_else(|e| e.into_inner()).insert(unit.to_owned());
         }
+    }
+
+    fn was_released(&self, unit: &str) -> bool {
+        self.released.lock().unwrap_or_else(|e| e.into_inner()).remove(unit)
     }
 }
 
@@ -82,8 +94,8 @@ pub enum Msg {
     Pod(Box<Pod>),
     /// The pod object is gone from the API.
     Gone,
-    /// One of the pod's units changed.
-    Unit,
+    /// One of the pod's units changed: the new property values from systemd's signal.
+    Unit(String, Box<UnitDelta>),
     /// Re-read everything.
     Resync,
     /// An image resolution finished for the container at this index.
@@ -115,15 +127,19 @@ struct Ctr {
     image: ImageState,
     /// Hash of the unit file on disk, `None` when there is none.
     written: Option<String>,
-    /// Last status read from systemd.
+    /// Last known status: read from systemd, then kept current by its signals.
     unit_status: Option<UnitStatus>,
+    /// The status must be read again (start-up, resync, or a signal without values).
+    stale: bool,
+    /// A start job was queued at this time and systemd has not reported the result yet.
+    starting: Option<Instant>,
     restart_count: i32,
     last_state: Option<ContainerStateTerminated>,
     backoff: CrashBackoff,
     /// A restart is due at this time.
     restart_at: Option<SystemTime>,
-    /// Invocation whose exit was already handled.
-    handled_exit: Option<String>,
+    /// The run (start and exit time) whose exit was already handled.
+    handled_exit: Option<(u64, u64)>,
     /// Why the container cannot be created right now, and when to retry.
     blocked: Option<(String, String, Instant)>,
     /// `imageID` recorded in an adopted unit.
@@ -211,6 +227,9 @@ pub struct Worker {
     start_time: Timestamp,
     last_status: Option<serde_json::Value>,
     status_retry: Option<Instant>,
+    /// A new pod's first status waits this long for its containers to start, so that a pod that
+    /// starts at once costs one status write instead of two.
+    first_publish_hold: Option<Instant>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
 }
@@ -276,6 +295,8 @@ impl Worker {
                 image: ImageState::Unresolved,
                 written,
                 unit_status: None,
+                stale: true,
+                starting: None,
                 restart_count,
                 last_state,
                 backoff,
@@ -303,6 +324,7 @@ impl Worker {
         let terminal = matches!(phase, "Succeeded" | "Failed");
         let start_time = api_status.start_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
         let frozen = terminal && adopted.is_empty();
+        let first_publish_hold = api_status.container_statuses.is_none().then(|| Instant::now() + FIRST_STATUS_HOLD);
         let worker = Worker {
             shared,
             uid,
@@ -315,6 +337,7 @@ impl Worker {
             start_time,
             last_status: None,
             status_retry: None,
+            first_publish_hold,
             tx: tx.clone(),
             rx,
         };
@@ -364,7 +387,28 @@ impl Worker {
                 }
             }
             Msg::Gone => self.api_gone = true,
-            Msg::Unit | Msg::Resync => {}
+            Msg::Unit(name, delta) => {
+                log::trace!(unit = name.as_str(); "signal for {name}: {delta:?}");
+                for c in self.ctrs.iter_mut().filter(|c| c.unit == name) {
+                    match c.unit_status.as_mut() {
+                        // A signal about an earlier run (queued before a restart or a full read)
+                        // must not undo what is known about a later one.
+                        Some(s) if delta.started_usec.is_some_and(|t| t < s.started_usec) => {}
+                        Some(s) if !delta.incomplete => delta.apply(s),
+                        _ => c.stale = true,
+                    }
+                    // The Service interface says when a run began or ended (the Unit interface's
+                    // ActiveState may describe an earlier run while a restart is under way).
+                    if !matches!(c.run(), UnitRun::NotStarted) {
+                        c.starting = None;
+                    }
+                }
+            }
+            Msg::Resync => {
+                for c in &mut self.ctrs {
+                    c.stale = true;
+                }
+            }
             Msg::Image(i, r) => {
                 if let Some(c) = self.ctrs.get_mut(i) {
                     c.image = match r {
@@ -409,6 +453,7 @@ impl Worker {
             wake.push(d.deadline);
         }
         wake.extend(self.status_retry);
+        wake.extend(self.first_publish_hold);
         wake.into_iter().min()
     }
 
@@ -417,33 +462,44 @@ impl Worker {
     }
 
     fn event(&self, type_: EventType, reason: &str, note: String) {
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: self.pod.metadata.name.clone(),
-            namespace: self.pod.metadata.namespace.clone(),
-            uid: Some(self.uid.clone()),
-            ..ObjectReference::default()
-        };
-        let recorder = self.shared.recorder.clone();
-        let ev =
-            Event { type_, reason: reason.to_owned(), note: Some(note), action: reason.to_owned(), secondary: None };
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                log::debug!("publishing event {}: {e}", ev.reason);
-            }
-        });
+        let m = &self.pod.metadata;
+        self.shared.events.pod(
+            m.namespace.as_deref().unwrap_or(""),
+            m.name.as_deref().unwrap_or(""),
+            &self.uid,
+            type_,
+            reason,
+            note,
+        );
     }
 
+    /// Reads the units whose known status is missing or stale; the others are kept current by
+    /// systemd's signals.
     async fn refresh(&mut self) {
         for i in 0..self.ctrs.len() {
             if self.ctrs[i].written.is_none() {
                 self.ctrs[i].unit_status = None;
                 continue;
             }
+            if !self.ctrs[i].stale && self.ctrs[i].unit_status.is_some() {
+                continue;
+            }
+            self.ctrs[i].stale = false;
             let unit = self.ctrs[i].unit.clone();
             match self.shared.systemd.status(&unit).await {
-                Ok(s) => self.ctrs[i].unit_status = Some(s),
+                Ok(s) => {
+                    log::trace!(unit = unit.as_str(); "read {unit}: {s:?}");
+                    let c = &mut self.ctrs[i];
+                    // A read that raced with a start vks just made may still show the earlier
+                    // run: what is known about the later one wins.
+                    let older = c.unit_status.as_ref().is_some_and(|known| s.started_usec < known.started_usec);
+                    if !older {
+                        c.unit_status = Some(s);
+                        if !matches!(c.run(), UnitRun::NotStarted) {
+                            c.starting = None;
+                        }
+                    }
+                }
                 Err(SystemdError::NoSuchUnit(_)) => {
                     self.ctrs[i].unit_status = None;
                     self.ctrs[i].written = None;
@@ -479,8 +535,9 @@ impl Worker {
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
             let Some(t) = c.exited() else { continue };
-            let invocation = t.container_id.clone().unwrap_or_default();
-            if c.handled_exit.as_deref() == Some(invocation.as_str()) {
+            // Without a unit status the exit is the remembered one, handled already.
+            let Some(run_key) = c.unit_status.as_ref().map(|s| (s.started_usec, s.exited_usec)) else { continue };
+            if c.handled_exit == Some(run_key) {
                 continue;
             }
             let unit = c.unit.clone();
@@ -488,7 +545,7 @@ impl Worker {
             let _ = self.shared.systemd.kill(&unit, KillWhom::All, 9).await;
             let restart = !deleting && !self.terminal && c.will_restart(&policy, t.exit_code);
             let c = &mut self.ctrs[i];
-            c.handled_exit = Some(invocation);
+            c.handled_exit = Some(run_key);
             c.observed_exit = Some(t.clone());
             if restart {
                 let finished = system_time(&t);
@@ -570,6 +627,11 @@ impl Worker {
         if self.ctrs[i].blocked.as_ref().is_some_and(|(_, _, at)| *at > now) {
             return;
         }
+        // A start job is under way: wait for systemd to report how it went (a start that
+        // reports nothing for long is tried again).
+        if self.ctrs[i].starting.is_some_and(|t| now.duration_since(t) < START_TIMEOUT) {
+            return;
+        }
         // The image first: resolving may take long, so it runs in its own task.
         let image = match &self.ctrs[i].image {
             ImageState::Ready(img) => img.clone(),
@@ -613,6 +675,7 @@ impl Worker {
         let unit = plan.name.clone();
         let ran_before = self.ctrs[i].exited().is_some() || self.ctrs[i].restart_at.is_some();
         if self.ctrs[i].written.as_deref() != Some(plan.meta.spec_hash.as_str()) {
+            let maybe_loaded = self.ctrs[i].written.is_some() || self.shared.was_released(&unit);
             let text = match unit::render(&plan) {
                 Ok(t) => t,
                 Err(e) => {
@@ -627,13 +690,16 @@ impl Worker {
             self.ctrs[i].written = Some(plan.meta.spec_hash.clone());
             // A unit systemd still has loaded from an earlier file needs a reload to see the new
             // one; a unit it never loaded is read fresh at start.
-            if sd.status(&unit).await.is_ok_and(|s| s.need_daemon_reload)
+            if maybe_loaded
+                && sd.status(&unit).await.is_ok_and(|s| s.need_daemon_reload)
                 && let Err(e) = sd.reload().await
             {
                 log::warn!("daemon-reload for {unit}: {e}");
             }
         }
+        log::debug!(unit = unit.as_str(); "starting unit {unit}");
         let result = if ran_before { sd.restart(&unit).await } else { sd.start(&unit).await };
+        log::debug!(unit = unit.as_str(); "start job for {unit} queued");
         let c = &mut self.ctrs[i];
         match result {
             Ok(()) => {
@@ -650,13 +716,20 @@ impl Worker {
                 c.adopted_image_id = Some(plan.meta.image_id.clone());
                 c.restart_at = None;
                 c.observed_exit = None;
+                c.starting = Some(Instant::now());
                 let what = if ran_before { "Restarted" } else { "Started" };
+                // Until systemd's signals say more, the container is starting: nothing of an
+                // earlier run may show through (signals about it carry an older start time).
+                let previous_start = c.unit_status.as_ref().map_or(0, |s| s.started_usec);
+                c.unit_status = Some(UnitStatus {
+                    load_state: "loaded".into(),
+                    active_state: ActiveState::Activating,
+                    started_usec: previous_start + 1,
+                    ..UnitStatus::default()
+                });
+                c.stale = false;
                 let note = format!("{what} container {} (unit {unit})", c.spec.name);
                 self.event(EventType::Normal, "Started", note);
-                // Read the state the start produced without waiting for the signal.
-                if let Ok(s) = self.shared.systemd.status(&unit).await {
-                    self.ctrs[i].unit_status = Some(s);
-                }
             }
             Err(e) => {
                 let msg = format!("starting unit {unit}: {e}");
@@ -889,8 +962,10 @@ impl Worker {
                     }
                     (UnitRun::NotStarted, None, _, _) => CState::waiting("ContainerCreating", None),
                 };
-                let image_id = match &c.image {
-                    ImageState::Ready(img) => img.image_id.clone(),
+                // As the kubelet: the image ID is the one of the container's run, none before.
+                let image_id = match (&state, &c.image) {
+                    (CState::Waiting { .. }, _) if last_state.is_none() => String::new(),
+                    (_, ImageState::Ready(img)) => img.image_id.clone(),
                     _ => c.adopted_image_id.clone().unwrap_or_default(),
                 };
                 ContainerView {
@@ -917,6 +992,14 @@ impl Worker {
             return Flow::Continue;
         }
         self.status_retry = None;
+        let views = self.views();
+        if let Some(hold) = self.first_publish_hold {
+            let settled = views.iter().all(|v| !matches!(v.state, CState::Waiting { ref reason, .. } if reason == "ContainerCreating" || reason == "PodInitializing"));
+            if !settled && Instant::now() < hold && self.deletion.is_none() {
+                return Flow::Continue;
+            }
+            self.first_publish_hold = None;
+        }
         let facts = PodFacts {
             pod: &self.pod,
             node_ip: &self.shared.node.node_ip,
@@ -924,7 +1007,7 @@ impl Worker {
             terminal: self.terminal,
             now: Timestamp::now(),
         };
-        let status = status::pod_status(&facts, &self.views());
+        let status = status::pod_status(&facts, &views);
         let body = patch_body(&status);
         if self.last_status.as_ref() == Some(&body) {
             return Flow::Continue;
@@ -932,6 +1015,8 @@ impl Worker {
         let api: Api<Pod> =
             Api::namespaced(self.shared.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
         let patch = serde_json::json!({ "metadata": { "uid": self.uid }, "status": body });
+        log::debug!(pod = label(&self.pod).as_str(); "patching the status of pod {}", label(&self.pod));
+        let sent = Instant::now();
         match api
             .patch_status(
                 self.pod.metadata.name.as_deref().unwrap_or(""),
@@ -942,6 +1027,18 @@ impl Worker {
         {
             Ok(p) => {
                 self.shared.health.ok();
+                log::debug!(
+                    pod = label(&self.pod).as_str();
+                    "status of pod {} patched in {}ms: {} {:?}",
+                    label(&self.pod),
+                    sent.elapsed().as_millis(),
+                    status.phase.as_deref().unwrap_or(""),
+                    views.iter().map(|v| match &v.state {
+                        CState::Waiting { reason, .. } => reason.clone(),
+                        CState::Running { .. } => "Running".to_owned(),
+                        CState::Terminated(t) => format!("Terminated({})", t.exit_code),
+                    }).collect::<Vec<_>>()
+                );
                 self.last_status = Some(body);
                 // Keep the API's view (conditions' transition times) for the next computation.
                 self.pod.status = p.status;

@@ -19,7 +19,10 @@ use zbus::proxy::CacheProperties;
 use zbus::{Connection, MatchRule, MessageStream, OwnedVariant};
 use zbus_systemd::systemd1::ManagerProxy;
 
-use super::{ExitKind, KillWhom, Systemd, SystemdError, UnitEvent, UnitStatus, unit_name_from_path, unit_path};
+use super::{
+    ActiveState, ExitKind, KillWhom, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus, unit_name_from_path,
+    unit_path,
+};
 
 /// Signals queued per match rule before zbus drops the oldest; a burst of 500 pods starting
 /// makes a few thousand property changes. Lost signals are covered by the periodic resync.
@@ -80,6 +83,42 @@ impl DbusSystemd {
 
 fn prop<T: TryFrom<OwnedVariant>>(map: &mut HashMap<String, OwnedVariant>, key: &str) -> Option<T> {
     map.remove(key).and_then(|v| T::try_from(v).ok())
+}
+
+/// Decodes the body of a `PropertiesChanged` signal of a unit.
+fn delta(msg: &zbus::Message) -> Option<UnitDelta> {
+    let (iface, mut changed, invalidated): (String, HashMap<String, OwnedVariant>, Vec<String>) =
+        msg.body().deserialize().ok()?;
+    const WATCHED: &[&str] = &[
+        "ActiveState",
+        "SubState",
+        "InvocationID",
+        "Result",
+        "ExecMainCode",
+        "ExecMainStatus",
+        "ExecMainStartTimestamp",
+        "ExecMainExitTimestamp",
+        "MainPID",
+    ];
+    let mut d =
+        UnitDelta { incomplete: invalidated.iter().any(|p| WATCHED.contains(&p.as_str())), ..UnitDelta::default() };
+    match iface.as_str() {
+        "org.freedesktop.systemd1.Unit" => {
+            d.active_state = prop::<String>(&mut changed, "ActiveState").map(|s| ActiveState::parse(&s));
+            d.sub_state = prop(&mut changed, "SubState");
+            d.invocation_id = prop::<Vec<u8>>(&mut changed, "InvocationID").map(hex::encode);
+        }
+        "org.freedesktop.systemd1.Service" => {
+            d.result = prop(&mut changed, "Result");
+            d.exit_kind = prop(&mut changed, "ExecMainCode").map(ExitKind::from_code);
+            d.exit_status = prop(&mut changed, "ExecMainStatus");
+            d.started_usec = prop(&mut changed, "ExecMainStartTimestamp");
+            d.exited_usec = prop(&mut changed, "ExecMainExitTimestamp");
+            d.main_pid = prop(&mut changed, "MainPID");
+        }
+        _ => return None,
+    }
+    Some(d)
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {
@@ -237,7 +276,11 @@ impl Systemd for DbusSystemd {
                 };
                 let header = msg.header();
                 let Some(name) = header.path().and_then(|p| unit_name_from_path(p.as_str())) else { continue };
-                if name.starts_with(&prefix) && tx.send(UnitEvent::Changed(name)).is_err() {
+                if !name.starts_with(&prefix) {
+                    continue;
+                }
+                let Some(d) = delta(&msg) else { continue };
+                if tx.send(UnitEvent::Changed(name, Box::new(d))).is_err() {
                     return;
                 }
             }

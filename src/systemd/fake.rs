@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{ActiveState, ExitKind, KillWhom, Systemd, SystemdError, UnitEvent, UnitStatus};
+use super::{ActiveState, ExitKind, KillWhom, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus};
 
 #[derive(Default)]
 struct State {
@@ -40,8 +40,22 @@ impl FakeSystemd {
     }
 
     fn notify(state: &mut State, name: &str) {
+        let Some(u) = state.units.get(name) else { return };
+        let d = UnitDelta {
+            active_state: Some(u.active_state),
+            sub_state: Some(u.sub_state.clone()),
+            invocation_id: Some(u.invocation_id.clone()),
+            result: Some(u.result.clone()),
+            exit_kind: Some(u.exit_kind),
+            exit_status: Some(u.exit_status),
+            started_usec: Some(u.started_usec),
+            exited_usec: Some(u.exited_usec),
+            main_pid: Some(u.main_pid),
+            incomplete: false,
+        };
         state.watchers.retain(|(prefix, tx)| {
-            !name.starts_with(prefix.as_str()) || tx.send(UnitEvent::Changed(name.to_owned())).is_ok()
+            !name.starts_with(prefix.as_str())
+                || tx.send(UnitEvent::Changed(name.to_owned(), Box::new(d.clone()))).is_ok()
         });
     }
 

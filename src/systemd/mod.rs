@@ -138,11 +138,71 @@ pub enum KillWhom {
     All,
 }
 
-/// A notification that something about a unit changed; read its status to learn what.
+/// New values of some unit properties, as a `PropertiesChanged` signal carries them. systemd
+/// sends every property vks reads with its value (`EMITS_CHANGE`), the Unit and the Service
+/// interface in separate signals, each with the full set of that interface.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitDelta {
+    /// `ActiveState`.
+    pub active_state: Option<ActiveState>,
+    /// `SubState`.
+    pub sub_state: Option<String>,
+    /// `InvocationID` (hex).
+    pub invocation_id: Option<String>,
+    /// Service `Result`.
+    pub result: Option<String>,
+    /// `ExecMainCode`.
+    pub exit_kind: Option<ExitKind>,
+    /// `ExecMainStatus`.
+    pub exit_status: Option<i32>,
+    /// `ExecMainStartTimestamp`.
+    pub started_usec: Option<u64>,
+    /// `ExecMainExitTimestamp`.
+    pub exited_usec: Option<u64>,
+    /// `MainPID`.
+    pub main_pid: Option<u32>,
+    /// A property vks reads was only invalidated (no value): the status must be re-read.
+    pub incomplete: bool,
+}
+
+impl UnitDelta {
+    /// Applies the new values to a known status.
+    pub fn apply(&self, s: &mut UnitStatus) {
+        if let Some(v) = self.active_state {
+            s.active_state = v;
+        }
+        if let Some(v) = &self.sub_state {
+            s.sub_state.clone_from(v);
+        }
+        if let Some(v) = &self.invocation_id {
+            s.invocation_id.clone_from(v);
+        }
+        if let Some(v) = &self.result {
+            s.result.clone_from(v);
+        }
+        if let Some(v) = self.exit_kind {
+            s.exit_kind = v;
+        }
+        if let Some(v) = self.exit_status {
+            s.exit_status = v;
+        }
+        if let Some(v) = self.started_usec {
+            s.started_usec = v;
+        }
+        if let Some(v) = self.exited_usec {
+            s.exited_usec = v;
+        }
+        if let Some(v) = self.main_pid {
+            s.main_pid = v;
+        }
+    }
+}
+
+/// A change notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitEvent {
-    /// The unit with this name changed.
-    Changed(String),
+    /// Properties of the unit with this name changed.
+    Changed(String, Box<UnitDelta>),
     /// Signals may have been lost (reconnect, queue overflow): re-read everything.
     Resync,
 }

@@ -143,7 +143,13 @@ async fn sd_notify_ready_status_watchdog_and_clean_stop() {
     let active_enter_wall = node.unit_prop("vks", "ActiveEnterTimestamp");
     let ready_at = node.exec(&["date", "-d", &active_enter_wall, "+%s"]).trim().parse::<i64>().unwrap();
     assert!(ready_at >= created.as_second(), "READY ({ready_at}) before the Node was created ({created})");
-    assert_eq!(node.unit_prop("vks", "StatusText"), format!("node {} registered", node.name));
+    // STATUS= is kept current: pods and API requests.
+    wait_for("a status line with counters", Duration::from_secs(10), async || {
+        let s = node.unit_prop("vks", "StatusText");
+        let ok = s.starts_with(&format!("node {}: 0 pods, ", node.name)) && s.ends_with(" API requests");
+        if ok { Ok(()) } else { Err(s) }
+    })
+    .await;
     assert_eq!(node.unit_prop("vks", "Type"), "notify");
     assert_eq!(node.unit_prop("vks", "WatchdogUSec"), "1min");
 

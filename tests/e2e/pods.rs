@@ -381,11 +381,16 @@ async fn crash_loop_back_off_follows_the_kubelet() {
     wait_for("four restarts and the fifth run's end", Duration::from_secs(120), async || {
         let p = get_pod(&client, &ns.name, "crash").await.ok_or("gone")?;
         let c = try_container_status(&p, "crash")?;
-        // lastState is the most recent termination: the run before the current one while it
-        // runs (run restartCount-1), the run that just crashed while it waits (run restartCount).
-        let waiting = c.state.as_ref().is_some_and(|s| s.waiting.is_some());
+        // lastState is the most recent termination: the run that just crashed while the
+        // container waits in back-off (run restartCount), else the run before the current one
+        // (run restartCount-1).
+        let backing_off = c
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"));
         if let Some(t) = c.last_state.as_ref().and_then(|l| l.terminated.as_ref()) {
-            let run = if waiting { c.restart_count } else { c.restart_count - 1 };
+            let run = if backing_off { c.restart_count } else { c.restart_count - 1 };
             starts.entry(run).or_insert(t.started_at.clone().unwrap().0);
             finishes.entry(run).or_insert(t.finished_at.clone().unwrap().0);
             assert_eq!(t.exit_code, 2);

@@ -136,6 +136,12 @@ impl Node {
             text(&out.stdout),
             text(&out.stderr)
         );
+        // VKS_E2E_LOG_LEVEL=debug makes the nodes' vks log at that level (for diagnosing).
+        if let Ok(level) = std::env::var("VKS_E2E_LOG_LEVEL") {
+            node.sh(&format!(
+                "printf '[log]\\nlevel = \"{level}\"\\n' >> /etc/vks/config.toml && systemctl restart vks"
+            ));
+        }
         node
     }
 
