@@ -23,7 +23,7 @@ use super::backoff::CrashBackoff;
 use super::status::{self, CState, ContainerView, PodFacts, UnitRun};
 use crate::api::ApiHealth;
 use crate::images::{ImageError, ImageInfo, Images};
-use crate::systemd::{ActiveState, KillWhom, Systemd, SystemdError, UnitDelta, UnitStatus};
+use crate::systemd::{ActiveState, ExitKind, KillWhom, Systemd, SystemdError, UnitDelta, UnitStatus};
 use crate::unit::{self, ContainerKind, NodeContext, UnitMeta};
 
 /// How long a force-deleted pod's containers get after SIGTERM (the kubelet's minimum).
@@ -394,7 +394,14 @@ impl Worker {
                         // A signal about an earlier run (queued before a restart or a full read)
                         // must not undo what is known about a later one.
                         Some(s) if delta.started_usec.is_some_and(|t| t < s.started_usec) => {}
-                        Some(s) if !delta.incomplete => delta.apply(s),
+                        Some(s) if !delta.incomplete => {
+                            delta.apply(s);
+                            // The Unit interface's signal (with the run's InvocationID) may come
+                            // after the Service one: a run is not shown without its ID.
+                            if s.invocation_id.is_empty() && (s.main_pid != 0 || s.exit_kind != ExitKind::None) {
+                                c.stale = true;
+                            }
+                        }
                         _ => c.stale = true,
                     }
                     // The Service interface says when a run began or ended (the Unit interface's
