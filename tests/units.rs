@@ -25,7 +25,8 @@ fn render_pod(pod: &Pod) -> String {
     let app = spec.containers.iter().map(|c| (c, ContainerKind::App));
     for (c, kind) in init.chain(app) {
         let image = c.image.clone().unwrap_or_default();
-        let defaults = ImageInfo { entrypoint: vec![image.clone()], args: vec![], image_id: format!("file://{image}") };
+        let defaults =
+            ImageInfo { entrypoint: vec![image.clone()], image_id: format!("file://{image}"), ..ImageInfo::default() };
         match unit::plan(pod, c, kind, &defaults, &node, is_executable) {
             Ok(u) => {
                 out.push_str(&format!("=== {}\n", u.name));

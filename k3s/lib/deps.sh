@@ -6,7 +6,7 @@ vks_install_deps() {
   local pkgs=() p
   # package:command pairs; the command tells whether the package is there.
   for p in curl:curl openssl:openssl gcc:gcc dbus:dbus-daemon systemd:systemctl util-linux:setpriv \
-           dpkg-dev:dpkg-deb iproute2:ip procps:ps; do
+           dpkg-dev:dpkg-deb iproute2:ip procps:ps gnupg:gpg python3:python3; do
     command -v "${p#*:}" >/dev/null 2>&1 || pkgs+=("${p%%:*}")
   done
   if [ ${#pkgs[@]} -gt 0 ]; then
@@ -14,8 +14,28 @@ vks_install_deps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2 ||
       { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2; }
   fi
+  vks_cached_deb policyrcd-script-zg2 >/dev/null || return 1
   local t
   for t in cargo go kubectl; do
     command -v "$t" >/dev/null || { echo "deps: $t is required but not installed" >&2; return 1; }
   done
+}
+
+# vks_cached_deb PACKAGE -> path of PACKAGE's .deb (Debian's candidate), downloaded once into
+# ${XDG_CACHE_HOME:-~/.cache}/vks/debs (test nodes install it from there, e.g. the policy-rc.d
+# that vks depends on).
+vks_cached_deb() {
+  local dir=${XDG_CACHE_HOME:-$HOME/.cache}/vks/debs f
+  mkdir -p "$dir"
+  (
+    flock 9
+    f=$(find "$dir" -maxdepth 1 -name "${1}_*.deb" -print -quit)
+    if [ -z "$f" ]; then
+      cd "$dir" || exit 1
+      apt-get download -q "$1" >&2 2>/dev/null || { apt-get update -q >&2 && apt-get download -q "$1" >&2; } ||
+        { echo "deps: cannot download $1" >&2; exit 1; }
+      f=$(find "$dir" -maxdepth 1 -name "${1}_*.deb" -print -quit)
+    fi
+    echo "$f"
+  ) 9>"$dir/.lock"
 }
