@@ -59,6 +59,8 @@ async fn status_line(
 fn images(config: &Config, systemd: Arc<dyn Systemd>) -> Result<Arc<dyn Images>> {
     use crate::images::{apt::Apt, debian, download::Downloader};
     let c = &config.images;
+    let downloader = Downloader::new(c.download_timeout, c.download_max_size, c.download_ca_file.as_deref())
+        .context("setting up the https client for .deb images")?;
     let policy = config.paths.state_dir.join("policy-rc.d");
     host::write_atomic(&policy, debian::POLICY_RC_D.as_bytes(), 0o755)
         .with_context(|| format!("writing {}", policy.display()))?;
@@ -74,8 +76,6 @@ fn images(config: &Config, systemd: Arc<dyn Systemd>) -> Result<Arc<dyn Images>>
         ),
     }
     let apt = Apt { policy_rc_d: policy, timeout: c.install_timeout, lock_timeout: c.lock_timeout };
-    let downloader = Downloader::new(c.download_timeout, c.download_max_size, c.download_ca_file.as_deref())
-        .context("setting up the https client for .deb images")?;
     Ok(Arc::new(debian::DebianImages::new(
         Arc::new(apt),
         systemd,
