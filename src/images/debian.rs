@@ -236,6 +236,7 @@ impl DebianImages {
         let installed = self.pm.installed(name).await.map_err(|e| pull_error(image, e))?;
         if policy != "Always" && satisfied(&installed) {
             events.normal("Pulled", format!("Container image {image:?} already present on machine"));
+            self.report_kept_units(name, events).await;
             let v = installed.unwrap_or_default();
             return Ok(self.package_info(image, name, &v).await);
         }

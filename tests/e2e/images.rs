@@ -263,7 +263,11 @@ fn rand_text(n: usize) -> String {
 #[ignore = "needs the test cluster and systemd nodes: run tests/run"]
 async fn deb_urls_are_downloaded_verified_and_installed_and_pods_share_one_install() {
     let url_tool = debs::tool("vks-test-url", "1.0", "usr/bin/vks-test-url");
-    let fx = Fixture::new("url", &[debs::tool("vks-test-tool", "1.0", "usr/bin/vks-test-tool")], &[url_tool]);
+    let fx = Fixture::new(
+        "url",
+        &[debs::tool("vks-test-tool", "1.0", "usr/bin/vks-test-tool"), debs::daemon("1.0")],
+        &[url_tool],
+    );
     // The package name comes from the .deb's control data, not the URL.
     let served = fx.dir.join("files/vks-test-url_1.0_all.deb");
     std::fs::rename(&served, fx.dir.join("files/renamed.deb")).unwrap();
@@ -316,6 +320,19 @@ async fn deb_urls_are_downloaded_verified_and_installed_and_pods_share_one_insta
     let installs =
         node.sh("grep -c '^Commandline: apt-get .*install.* vks-test-tool' /var/log/apt/history.log || true");
     assert_eq!(installs.trim(), "1", "one apt-get install for both pods");
+
+    // A package the administrator installed (its daemon enabled and started by its postinst) keeps
+    // its unit as it is; an event says so.
+    node.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q vks-test-daemon >/dev/null");
+    assert_eq!(node.sh("systemctl is-enabled vks-test-daemon.service || true").trim(), "enabled");
+    assert_eq!(node.unit_prop("vks-test-daemon.service", "ActiveState"), "active");
+    let c = json!([{ "name": "d", "image": "vks-test-daemon", "imagePullPolicy": "IfNotPresent" }]);
+    create_pod(&client, &ns.name, pod("admins", &node, c)).await;
+    wait_phase(&client, &ns.name, "admins", "Running", PULL).await;
+    let kept = "its own unit vks-test-daemon.service is left as the administrator set it";
+    wait_event(&ns.name, "admins", "PackageUnitKept", kept).await;
+    assert_eq!(node.sh("systemctl is-enabled vks-test-daemon.service || true").trim(), "enabled");
+    assert_eq!(node.unit_prop("vks-test-daemon.service", "ActiveState"), "active");
 }
 
 #[tokio::test]
