@@ -75,7 +75,10 @@ fn images(config: &Config, systemd: Arc<dyn Systemd>) -> Result<Arc<dyn Images>>
              their daemons"
         ),
     }
-    let apt = Apt { policy_rc_d: policy, timeout: c.install_timeout, lock_timeout: c.lock_timeout };
+    // Under systemd (as vks.service), apt-get runs as its own transient unit: stopping vks must
+    // not kill dpkg half-way through an install.
+    let detach = std::env::var_os("INVOCATION_ID").is_some();
+    let apt = Apt { policy_rc_d: policy, timeout: c.install_timeout, lock_timeout: c.lock_timeout, detach };
     Ok(Arc::new(debian::DebianImages::new(
         Arc::new(apt),
         systemd,

@@ -53,6 +53,9 @@ pub struct Apt {
     pub timeout: Duration,
     /// How long to wait for the dpkg lock.
     pub lock_timeout: Duration,
+    /// Run apt-get as a transient systemd service (`systemd-run --wait --pipe`) rather than as a
+    /// child of vks, so that stopping or restarting vks never interrupts dpkg half-way.
+    pub detach: bool,
 }
 
 /// The first `E:` line of apt's output, else its last non-empty line.
@@ -107,7 +110,26 @@ impl Apt {
     }
 
     fn apt_get(&self) -> Command {
-        let mut c = self.command("apt-get");
+        let mut c = if self.detach {
+            let mut c = self.command("systemd-run");
+            let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            c.args([
+                "--quiet",
+                "--wait",
+                "--pipe",
+                "--collect",
+                "--service-type=exec",
+                "--description=apt-get for vks",
+            ])
+            .arg(format!("--unit=vks-apt-{n}"))
+            .arg("--setenv=DEBIAN_FRONTEND=noninteractive")
+            .arg(format!("--setenv=POLICYRCD={}", self.policy_rc_d.display()))
+            .arg("--setenv=LC_ALL=C.UTF-8")
+            .args(["--", "apt-get"]);
+            c
+        } else {
+            self.command("apt-get")
+        };
         c.arg("-q")
             .arg("-o")
             .arg(format!("DPkg::Lock::Timeout={}", self.lock_timeout.as_secs()))

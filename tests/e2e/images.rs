@@ -265,7 +265,11 @@ async fn deb_urls_are_downloaded_verified_and_installed_and_pods_share_one_insta
     let url_tool = debs::tool("vks-test-url", "1.0", "usr/bin/vks-test-url");
     let fx = Fixture::new(
         "url",
-        &[debs::tool("vks-test-tool", "1.0", "usr/bin/vks-test-tool"), debs::daemon("1.0")],
+        &[
+            debs::tool("vks-test-tool", "1.0", "usr/bin/vks-test-tool"),
+            debs::tool("vks-test-late", "1.0", "usr/bin/vks-test-late"),
+            debs::daemon("1.0"),
+        ],
         &[url_tool],
     );
     // The package name comes from the .deb's control data, not the URL.
@@ -318,8 +322,9 @@ async fn deb_urls_are_downloaded_verified_and_installed_and_pods_share_one_insta
         assert_eq!(status(&p, "c").unwrap().image_id, "deb://vks-test-tool=1.0");
     }
     let installs =
-        node.sh("grep -c '^Commandline: apt-get .*install.* vks-test-tool' /var/log/apt/history.log || true");
-    assert_eq!(installs.trim(), "1", "one apt-get install for both pods");
+        node.sh("grep -c '^Commandline: .*apt-get .*install.* vks-test-tool$' /var/log/apt/history.log || true");
+    let history = node.sh("tail -n 12 /var/log/apt/history.log");
+    assert_eq!(installs.trim(), "1", "one apt-get install for both pods:\n{history}");
 
     // A package the administrator installed (its daemon enabled and started by its postinst) keeps
     // its unit as it is; an event says so.
@@ -333,6 +338,35 @@ async fn deb_urls_are_downloaded_verified_and_installed_and_pods_share_one_insta
     wait_event(&ns.name, "admins", "PackageUnitKept", kept).await;
     assert_eq!(node.sh("systemctl is-enabled vks-test-daemon.service || true").trim(), "enabled");
     assert_eq!(node.unit_prop("vks-test-daemon.service", "ActiveState"), "active");
+
+    // Stopping vks in the middle of an install does not interrupt dpkg: apt-get runs as its own
+    // transient unit and finishes; the pod runs once vks is back.
+    node.sh(
+        "systemd-run --unit=holder2 python3 -c 'import fcntl,time; f=open(\"/var/lib/dpkg/lock-frontend\",\"w\"); \
+         fcntl.lockf(f, fcntl.LOCK_EX); open(\"/run/holding2\",\"w\").close(); time.sleep(3600)'",
+    );
+    wait_for("the second lock holder", Duration::from_secs(10), async || {
+        node.exec_output(&["test", "-e", "/run/holding2"]).status.success().then_some(()).ok_or("not yet".to_owned())
+    })
+    .await;
+    let c = json!([{ "name": "c", "image": "vks-test-late", "command": ["vks-test-late"] }]);
+    create_pod(&client, &ns.name, pod("late", &node, c)).await;
+    let apt_unit = wait_for("apt-get to run as its own unit", Duration::from_secs(30), async || {
+        let u = node.sh("systemctl list-units --no-legend --plain 'vks-apt-*' | awk '{print $1}'");
+        if u.trim().is_empty() { Err("none".to_owned()) } else { Ok(u.trim().to_owned()) }
+    })
+    .await;
+    node.exec(&["systemctl", "stop", "vks"]);
+    assert_eq!(node.unit_prop(&apt_unit, "ActiveState"), "active", "apt-get survives vks stopping");
+    node.exec(&["systemctl", "stop", "holder2"]);
+    wait_for("the install to finish without vks", Duration::from_secs(60), async || {
+        let v = installed_version(&node, "vks-test-late");
+        if v == "1.0" { Ok(()) } else { Err(v) }
+    })
+    .await;
+    node.exec(&["systemctl", "start", "vks"]);
+    wait_phase(&client, &ns.name, "late", "Running", PULL).await;
+    assert_eq!(node.sh("dpkg --audit").trim(), "", "dpkg was not interrupted");
 }
 
 #[tokio::test]
