@@ -275,24 +275,7 @@ impl DebianImages {
             },
         };
         let result = match result {
-            Ok(v) => {
-                if before.is_none() {
-                    if let Err(e) = self.take_over_units(name).await {
-                        log::warn!("package {name}: could not disable and mask its own units: {e}");
-                    }
-                } else {
-                    self.report_kept_units(name, events).await;
-                }
-                events.normal(
-                    "Pulled",
-                    format!(
-                        "Successfully pulled image {image:?} in {} ({} including waiting): package {name} {v}",
-                        seconds(started.elapsed()),
-                        seconds(asked.elapsed())
-                    ),
-                );
-                Ok(self.package_info(image, name, &v).await)
-            }
+            Ok(v) => Ok(self.installed_image(image, name, &v, before.is_none(), (asked, started), events).await),
             Err(e) => Err(e),
         };
         state.done.insert(key, (Instant::now(), result.clone()));
@@ -338,28 +321,42 @@ impl DebianImages {
         let _ = std::fs::remove_file(&file);
         let result = match result {
             Ok((name, version, fresh)) => {
-                if fresh {
-                    if let Err(e) = self.take_over_units(&name).await {
-                        log::warn!("package {name}: could not disable and mask its own units: {e}");
-                    }
-                } else {
-                    self.report_kept_units(&name, events).await;
-                }
-                events.normal(
-                    "Pulled",
-                    format!(
-                        "Successfully pulled image {image:?} in {} ({} including waiting): package {name} {version}",
-                        seconds(started.elapsed()),
-                        seconds(asked.elapsed())
-                    ),
-                );
                 state.urls.insert(url.to_owned(), (name.clone(), version.clone()));
-                Ok(self.package_info(image, &name, &version).await)
+                Ok(self.installed_image(image, &name, &version, fresh, (asked, started), events).await)
             }
             Err(e) => Err(e),
         };
         state.done.insert(url.to_owned(), (Instant::now(), result.clone()));
         result
+    }
+
+    /// After an install of `name` at `version`: takes over its units when vks installed it fresh
+    /// (else says they are kept), reports `Pulled` and returns what the package offers.
+    async fn installed_image(
+        &self,
+        image: &str,
+        name: &str,
+        version: &str,
+        fresh: bool,
+        (asked, started): (Instant, Instant),
+        events: &dyn PullEvents,
+    ) -> ImageInfo {
+        if fresh {
+            if let Err(e) = self.take_over_units(name).await {
+                log::warn!("package {name}: could not disable and mask its own units: {e}");
+            }
+        } else {
+            self.report_kept_units(name, events).await;
+        }
+        events.normal(
+            "Pulled",
+            format!(
+                "Successfully pulled image {image:?} in {} ({} including waiting): package {name} {version}",
+                seconds(started.elapsed()),
+                seconds(asked.elapsed())
+            ),
+        );
+        self.package_info(image, name, version).await
     }
 
     /// Returns (package, version, whether vks installed it fresh).
