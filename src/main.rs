@@ -27,6 +27,33 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Join => join(config),
+    }
+}
+
+/// `vks join`: exit 0 when the node has credentials (joined now or before), 1 with the cause
+/// on stderr when the cluster refused or could not be reached.
+fn join(config: Config) -> ExitCode {
+    if let Err(e) = vks::logging::init(config.log.level.filter()) {
+        eprintln!("vks: cannot install the logger: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vks: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(vks::daemon::join(&config)) {
+        Ok(outcome) => {
+            println!("vks: {outcome}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vks: join failed: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
