@@ -11,6 +11,9 @@ use vks::config::Config;
 
 /// Exit code for a configuration error (`EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code when the cluster refused to let this machine join (`EX_DATAERR`): wrong token, CA
+/// hash mismatch, node name taken. vks.service does not restart on it.
+const EXIT_JOIN_REFUSED: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,7 +55,10 @@ fn join(config: Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("vks: join failed: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<vks::join::JoinError>() {
+                Some(j) if !j.is_transient() => ExitCode::from(EXIT_JOIN_REFUSED),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -79,7 +85,10 @@ fn run(config: Config) -> ExitCode {
         Err(e) => {
             log::error!("{e:#}");
             eprintln!("vks: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<vks::join::JoinError>() {
+                Some(j) if !j.is_transient() => ExitCode::from(EXIT_JOIN_REFUSED),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
