@@ -6,5 +6,6 @@
 //! parallel; tests that disturb the whole cluster live in `tests/e2e_exclusive/`.
 
 mod node;
+mod package;
 mod pods;
 mod support;
