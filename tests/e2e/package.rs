@@ -298,3 +298,80 @@ async fn refused_joins_name_the_cause_and_register_nothing() {
         kubectl(&["get", "node", &first.name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
     assert_eq!(ready, "True");
 }
+
+/// Mints a client certificate for `system:node:<node>` signed by the test cluster's client CA,
+/// valid from 30 s ago for `lifetime`: a certificate that is soon due for renewal.
+fn short_lived_client_cert(node: &str, lifetime: Duration) -> vks::join::files::KeyPairPem {
+    let pki = kubeconfig().parent().unwrap().join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("client-ca.crt")).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("client-ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let start = time::OffsetDateTime::now_utc() - time::Duration::seconds(30);
+    params.not_before = start;
+    params.not_after = start + time::Duration::try_from(lifetime).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    vks::join::files::KeyPairPem { certs_pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
+async fn the_client_certificate_is_renewed_without_a_restart() {
+    let node = Node::up("renew");
+    let client = client().await;
+    // Give the running node a client certificate that expires in 90 s: due for renewal at 70-90 %
+    // of its 2-minute lifetime, i.e. within 54-78 s.
+    node.exec(&["systemctl", "stop", "vks"]);
+    let kc_path = node.root().join("etc/vks/kubeconfig");
+    let creds = vks::join::files::read_kubeconfig(&kc_path).unwrap();
+    let short = short_lived_client_cert(&node.name, Duration::from_secs(120));
+    let old = short.leaf().unwrap();
+    let text = vks::join::files::render_kubeconfig(
+        &creds.server,
+        creds.ca_pem.as_deref().unwrap(),
+        &short,
+        &format!("system:node:{}", node.name),
+    );
+    vks::join::files::write_private(&kc_path, text.as_bytes()).unwrap();
+    node.exec(&["systemctl", "start", "vks"]);
+    let pid = node.unit_prop("vks", "MainPID");
+    let log = node.vks_journal();
+    assert!(log.contains(&format!("node {} already has credentials", node.name)), "{log}");
+
+    wait_for("the client certificate to be renewed", Duration::from_secs(100), async || {
+        let log = node.vks_journal();
+        if log.contains("renewed the client certificate") && log.contains("API clients reloaded") {
+            Ok(())
+        } else {
+            Err(log.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+        }
+    })
+    .await;
+    let renewed = vks::join::files::read_kubeconfig(&kc_path).unwrap().client.leaf().unwrap();
+    assert_ne!(renewed.serial, old.serial);
+    assert_eq!(renewed.common_name, format!("system:node:{}", node.name));
+    assert!(renewed.not_after > old.not_after + Duration::from_secs(3600), "a full-length certificate");
+
+    // Once the old certificate has expired, the same process keeps the Node's Lease fresh: it
+    // talks to the API server with the new one.
+    let expired = old.not_after + Duration::from_secs(1);
+    while std::time::SystemTime::now() < expired {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), "kube-node-lease");
+    wait_for("a Lease renewal after the old certificate expired", Duration::from_secs(30), async || {
+        let lease = leases.get(&node.name).await.map_err(|e| e.to_string())?;
+        let renew = lease.spec.and_then(|s| s.renew_time).map(|t| t.0.as_second()).unwrap_or(0);
+        let expired_at = expired.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        if renew > expired_at { Ok(()) } else { Err(format!("renewTime {renew} <= {expired_at}")) }
+    })
+    .await;
+    assert_eq!(node.unit_prop("vks", "MainPID"), pid, "vks was not restarted");
+    assert_eq!(node.unit_prop("vks", "NRestarts"), "0");
+}
