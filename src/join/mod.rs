@@ -107,7 +107,7 @@ pub enum JoinError {
         waited: u64,
     },
     /// The token does not parse.
-    #[error("cluster.token: {0}")]
+    #[error("the join token: {0}")]
     Token(#[from] TokenError),
     /// The token file cannot be read.
     #[error("cluster.token_file {}: {source}", path.display())]
