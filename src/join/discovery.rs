@@ -25,6 +25,10 @@ pub struct ClusterInfo {
 
 /// Fetches and verifies cluster-info.
 pub async fn discover(server: &str, token: &Token) -> Result<ClusterInfo, JoinError> {
+    log::info!(
+        "reading kube-public/cluster-info from {server} anonymously, without verifying TLS: it is trusted only if \
+         the token's signature verifies"
+    );
     let client = h::client(server, &Trust::Insecure, None, Vec::new())?;
     let reply = h::send(&client, server, Method::GET, CLUSTER_INFO_PATH, Vec::new()).await?;
     match reply.status {
