@@ -36,6 +36,62 @@ pub struct Config {
     pub log: LogConfig,
     /// `[eviction]`: thresholds behind the node's pressure conditions.
     pub eviction: EvictionConfig,
+    /// `[images]`: how images (Debian packages, paths, .deb URLs) are made available.
+    pub images: ImagesConfig,
+}
+
+/// `[images]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImagesConfig {
+    /// Image reference → what it stands for (a package, `name=version`, a path or a .deb URL),
+    /// so manifests written for container clusters run unchanged.
+    pub aliases: BTreeMap<String, String>,
+    /// Deadline of one apt-get run (install or update).
+    #[serde(with = "humantime_serde_compat")]
+    pub install_timeout: std::time::Duration,
+    /// How long apt-get waits for the dpkg lock held by another program.
+    #[serde(with = "humantime_serde_compat")]
+    pub lock_timeout: std::time::Duration,
+    /// Deadline of downloading one .deb.
+    #[serde(with = "humantime_serde_compat")]
+    pub download_timeout: std::time::Duration,
+    /// Largest .deb vks downloads, bytes.
+    #[serde(serialize_with = "bytes_quantity")]
+    pub download_max_size: u64,
+    /// Extra CA (PEM) trusted for https .deb URLs, besides the system's.
+    pub download_ca_file: Option<PathBuf>,
+    /// Extra apt sources, written to /etc/apt/sources.list.d/vks-<name>.sources.
+    pub apt_sources: Vec<AptSource>,
+}
+
+/// One `[[images.apt_sources]]` entry, in deb822 terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AptSource {
+    /// File name part: vks-<name>.sources.
+    pub name: String,
+    /// `Types:` (deb, deb-src).
+    pub types: Vec<String>,
+    /// `URIs:`.
+    pub uris: Vec<String>,
+    /// `Suites:`.
+    pub suites: Vec<String>,
+    /// `Components:` (may be empty for a flat repository whose suite ends with `/`).
+    pub components: Vec<String>,
+    /// `Signed-By:`: a keyring file.
+    pub signed_by: Option<PathBuf>,
+    /// `Architectures:`.
+    pub architectures: Vec<String>,
+}
+
+fn bytes_quantity<S: serde::Serializer>(b: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::quantity::format_bytes(*b))
+}
+
+/// Serde glue so durations print as "10m" in the effective configuration.
+mod humantime_serde_compat {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 }
 
 /// `[node]`.
@@ -223,6 +279,7 @@ impl Config {
         let mut paths = Section::take(&mut root, "paths", &mut errs);
         let mut log = Section::take(&mut root, "log", &mut errs);
         let mut eviction = Section::take(&mut root, "eviction", &mut errs);
+        let mut images = Section::take(&mut root, "images", &mut errs);
         for (key, value) in root {
             errs.push(format!("{key}: unknown key (value {})", show(&value)));
         }
@@ -292,6 +349,21 @@ impl Config {
         };
         eviction.finish(&mut errs);
 
+        let images_cfg = ImagesConfig {
+            aliases: images.string_map("aliases", &mut errs),
+            install_timeout: images
+                .duration("install_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(600)),
+            lock_timeout: images.duration("lock_timeout", &mut errs).unwrap_or(std::time::Duration::from_secs(300)),
+            download_timeout: images
+                .duration("download_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(300)),
+            download_max_size: images.bytes("download_max_size", &mut errs).unwrap_or(1 << 30),
+            download_ca_file: images.path("download_ca_file", &mut errs),
+            apt_sources: images.apt_sources("apt_sources", &mut errs),
+        };
+        images.finish(&mut errs);
+
         if errs.0.is_empty() {
             Ok(Config {
                 node: node_cfg,
@@ -300,6 +372,7 @@ impl Config {
                 paths: paths_cfg,
                 log: log_cfg,
                 eviction: eviction_cfg,
+                images: images_cfg,
             })
         } else {
             Err(errs.0)
@@ -507,6 +580,147 @@ impl Section {
                 None
             }
         }
+    }
+
+    fn duration(&mut self, key: &str, errs: &mut Errors) -> Option<std::time::Duration> {
+        let s = self.string(key, errs)?;
+        match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                errs.push(format!("{}: {s:?} is not a duration like \"30s\", \"5m\" or \"1h\"", self.key(key)));
+                None
+            }
+        }
+    }
+
+    fn bytes(&mut self, key: &str, errs: &mut Errors) -> Option<u64> {
+        if let Some(Value::Integer(i)) = self.table.get(key) {
+            let i = *i;
+            self.get(key);
+            return if i > 0 {
+                Some(i as u64)
+            } else {
+                errs.push(format!("{}: {i} is not a positive size", self.key(key)));
+                None
+            };
+        }
+        let s = self.string(key, errs)?;
+        match crate::quantity::parse_bytes(&s) {
+            Some(b) if b > 0 => Some(b),
+            _ => {
+                errs.push(format!("{}: {s:?} is not a size like \"500Mi\" or \"1G\"", self.key(key)));
+                None
+            }
+        }
+    }
+
+    fn string_map(&mut self, key: &str, errs: &mut Errors) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        match self.get(key) {
+            None => {}
+            Some(Value::Table(t)) => {
+                for (k, v) in t {
+                    match v {
+                        Value::String(v) if !v.is_empty() && !k.is_empty() => {
+                            out.insert(k, v);
+                        }
+                        other => errs.push(format!(
+                            "{}.{k:?}: expected a non-empty string, got {}",
+                            self.key(key),
+                            show(&other)
+                        )),
+                    }
+                }
+            }
+            Some(other) => errs.push(format!("{}: expected a table of strings, got {}", self.key(key), show(&other))),
+        }
+        out
+    }
+
+    fn apt_sources(&mut self, key: &str, errs: &mut Errors) -> Vec<AptSource> {
+        let items = match self.get(key) {
+            None => return Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(other) => {
+                errs.push(format!("{}: expected [[{}]] tables, got {}", self.key(key), self.key(key), show(&other)));
+                return Vec::new();
+            }
+        };
+        let mut out: Vec<AptSource> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let Value::Table(t) = item else {
+                errs.push(format!("{}[{i}]: expected a table, got {}", self.key(key), show(&item)));
+                continue;
+            };
+            let name = format!("{}[{i}]", self.key(key));
+            let mut s = Section { name: "", table: t, seen: Vec::new() };
+            let mut sub_errs = Errors::default();
+            let list = |s: &mut Section, k: &str, errs: &mut Errors| -> Vec<String> {
+                match s.get(k) {
+                    None => Vec::new(),
+                    Some(Value::Array(a)) => a
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Value::String(v)
+                                if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                            {
+                                Some(v)
+                            }
+                            other => {
+                                errs.push(format!(".{k}: {} is not a word without spaces", show(&other)));
+                                None
+                            }
+                        })
+                        .collect(),
+                    Some(other) => {
+                        errs.push(format!(".{k}: expected an array of strings, got {}", show(&other)));
+                        Vec::new()
+                    }
+                }
+            };
+            let src_name = s.string("name", &mut sub_errs).unwrap_or_default();
+            let src = AptSource {
+                types: list(&mut s, "types", &mut sub_errs),
+                uris: list(&mut s, "uris", &mut sub_errs),
+                suites: list(&mut s, "suites", &mut sub_errs),
+                components: list(&mut s, "components", &mut sub_errs),
+                signed_by: s.path("signed_by", &mut sub_errs),
+                architectures: list(&mut s, "architectures", &mut sub_errs),
+                name: src_name,
+            };
+            if validate_dns_label(&src.name).is_err() {
+                sub_errs.push(format!(".name: {:?} must be a lowercase name of letters, digits and '-'", src.name));
+            } else if out.iter().any(|o| o.name == src.name) {
+                sub_errs.push(format!(".name: {:?} is used twice", src.name));
+            }
+            let types = if src.types.is_empty() { vec!["deb".to_owned()] } else { src.types.clone() };
+            if let Some(t) = types.iter().find(|t| *t != "deb" && *t != "deb-src") {
+                sub_errs.push(format!(".types: {t:?} is not deb or deb-src"));
+            }
+            if src.uris.is_empty() {
+                sub_errs.push(".uris: at least one URI is required".to_owned());
+            }
+            if let Some(u) = src
+                .uris
+                .iter()
+                .find(|u| !u.starts_with("http://") && !u.starts_with("https://") && !u.starts_with("file:/"))
+            {
+                sub_errs.push(format!(".uris: {u:?} is not an http(s) or file URI"));
+            }
+            if src.suites.is_empty() {
+                sub_errs.push(".suites: at least one suite is required".to_owned());
+            } else if src.components.is_empty() && src.suites.iter().any(|s| !s.ends_with('/')) {
+                sub_errs.push(".components: required unless every suite is a flat path ending in '/'".to_owned());
+            }
+            s.finish(&mut sub_errs);
+            for e in sub_errs.0 {
+                // Section::key of a nameless section gives ".k"; unknown keys come as ".k: ...".
+                let e = e.strip_prefix('.').map_or(e.clone(), |r| format!(".{r}"));
+                errs.push(format!("{name}{e}"));
+            }
+            out.push(AptSource { types, ..src });
+        }
+        out
     }
 
     fn labels(&mut self, key: &str, errs: &mut Errors) -> BTreeMap<String, String> {

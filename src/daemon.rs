@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiHealth};
 use crate::config::Config;
 use crate::host;
-use crate::images::PathImages;
+use crate::images::Images;
 use crate::join;
 use crate::kubelet_api::KubeletServer;
 use crate::node::lease::LeaseKeeper;
@@ -104,6 +104,39 @@ pub async fn join(config: &Config) -> Result<String> {
     })
 }
 
+/// The image provider: apt-get with vks's deny-all policy-rc.d, the https downloader, aliases
+/// and apt sources from `[images]`.
+fn images(config: &Config, systemd: Arc<dyn Systemd>) -> Result<Arc<dyn Images>> {
+    use crate::images::{apt::Apt, debian, download::Downloader};
+    let c = &config.images;
+    let downloader = Downloader::new(c.download_timeout, c.download_max_size, c.download_ca_file.as_deref())
+        .context("setting up the https client for .deb images")?;
+    let policy = config.paths.state_dir.join("policy-rc.d");
+    host::write_atomic(&policy, debian::POLICY_RC_D.as_bytes(), 0o755)
+        .with_context(|| format!("writing {}", policy.display()))?;
+    match std::fs::read_to_string("/usr/sbin/policy-rc.d") {
+        Ok(t) if t.contains("POLICYRCD") => {}
+        Ok(_) => log::warn!(
+            "/usr/sbin/policy-rc.d does not honor POLICYRCD (is policyrcd-script-zg2 installed?): packages vks \
+             installs follow its policy"
+        ),
+        Err(_) => log::warn!(
+            "/usr/sbin/policy-rc.d is missing (install policyrcd-script-zg2): packages vks installs may start \
+             their daemons"
+        ),
+    }
+    let apt = Apt { policy_rc_d: policy, timeout: c.install_timeout, lock_timeout: c.lock_timeout };
+    Ok(Arc::new(debian::DebianImages::new(
+        Arc::new(apt),
+        systemd,
+        Some(downloader),
+        c.aliases.clone(),
+        c.apt_sources.clone(),
+        "/etc/apt/sources.list.d".into(),
+        config.paths.state_dir.join("downloads"),
+    )))
+}
+
 /// How long the loops get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -140,6 +173,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         Arc::new(DbusSystemd::connect(None, Path::new(UNIT_DIR)).await.context("connecting to systemd over D-Bus")?);
     let version = systemd.version().await.context("reading systemd's version")?;
     log::info!("systemd {version} reachable over D-Bus");
+
+    let images = images(&config, systemd.clone())?;
 
     let clients = api::clients_from_kubeconfig(&config.cluster.kubeconfig).await?;
     let client = clients.requests.clone();
@@ -186,7 +221,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         client: client.clone(),
         watch_client: clients.watches.clone(),
         systemd: systemd.clone(),
-        images: Arc::new(PathImages),
+        images,
         node: NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
         pod_dir: config.paths.pod_dir.clone(),
         owners: Default::default(),

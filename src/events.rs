@@ -54,10 +54,42 @@ impl EventSink {
             uid: Some(uid.to_owned()),
             ..ObjectReference::default()
         };
-        let ev =
-            Event { type_, reason: reason.to_owned(), note: Some(note), action: reason.to_owned(), secondary: None };
+        // The recorder folds events with the same reason and action into one series (count++)
+        // and keeps the first note: the note is part of the action so that different messages
+        // stay different events, as with the kubelet's recorder (the API allows 128 bytes).
+        let mut action = note.clone();
+        while action.len() > 128 {
+            action.pop();
+        }
+        let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action, secondary: None };
         if self.tx.try_send((ev, reference)).is_err() {
             log::debug!("event queue full: dropped {reason} for pod {namespace}/{name}");
         }
+    }
+}
+
+/// Events about one pod, for code that runs outside the pod's worker (image pulls).
+#[derive(Clone)]
+pub struct PodEvents {
+    sink: EventSink,
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl PodEvents {
+    /// Events about pod `namespace/name` (`uid`).
+    pub fn new(sink: EventSink, namespace: &str, name: &str, uid: &str) -> PodEvents {
+        PodEvents { sink, namespace: namespace.to_owned(), name: name.to_owned(), uid: uid.to_owned() }
+    }
+
+    /// A Normal event.
+    pub fn normal(&self, reason: &str, note: String) {
+        self.sink.pod(&self.namespace, &self.name, &self.uid, EventType::Normal, reason, note);
+    }
+
+    /// A Warning event.
+    pub fn warning(&self, reason: &str, note: String) {
+        self.sink.pod(&self.namespace, &self.name, &self.uid, EventType::Warning, reason, note);
     }
 }

@@ -10,7 +10,29 @@ use vks::unit::{self, ContainerKind, ImageInfo, NodeContext};
 
 /// Files that "exist and are executable" in these tests.
 fn is_executable(p: &str) -> bool {
-    matches!(p, "/usr/bin/sleep" | "/bin/sh" | "/usr/bin/env" | "/opt/tool/bin/run") || p.starts_with("/usr/local/bin/")
+    matches!(
+        p,
+        "/usr/bin/sleep" | "/bin/sh" | "/usr/bin/env" | "/opt/tool/bin/run" | "/usr/sbin/uptimed" | "/usr/sbin/sshd"
+    ) || p.starts_with("/usr/local/bin/")
+}
+
+/// A Debian package image: its unit from `testdata/units/packages/<name>.service`, if any, read
+/// the way `DebianImages` reads it.
+fn package(name: &str) -> ImageInfo {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/units/packages");
+    let mut info = ImageInfo { image_id: format!("deb://{name}=1.0"), ..ImageInfo::default() };
+    match std::fs::read_to_string(dir.join(format!("{name}.service"))) {
+        Ok(text) => {
+            let s = vks::images::unitfile::parse(&text).expect("test unit parses");
+            info.entrypoint = vec![s.program];
+            if !s.args.is_empty() {
+                info.args = vec![unit::Arg::Raw(s.args)];
+            }
+            info.service = s.settings;
+        }
+        Err(_) => info.no_command = Some(format!("package {name} ships no systemd service")),
+    }
+    info
 }
 
 fn render_pod(pod: &Pod) -> String {
@@ -25,8 +47,12 @@ fn render_pod(pod: &Pod) -> String {
     let app = spec.containers.iter().map(|c| (c, ContainerKind::App));
     for (c, kind) in init.chain(app) {
         let image = c.image.clone().unwrap_or_default();
-        let defaults = ImageInfo { entrypoint: vec![image.clone()], args: vec![], image_id: format!("file://{image}") };
-        match unit::plan(pod, c, kind, &defaults, &node, is_executable) {
+        let info = if image.starts_with('/') {
+            ImageInfo { entrypoint: vec![image.clone()], image_id: format!("file://{image}"), ..ImageInfo::default() }
+        } else {
+            package(&image)
+        };
+        match unit::plan(pod, c, kind, &info, &node, is_executable) {
             Ok(u) => {
                 out.push_str(&format!("=== {}\n", u.name));
                 out.push_str(&unit::render(&u).expect("planned units render"));

@@ -6,7 +6,7 @@ vks_install_deps() {
   local pkgs=() p
   # package:command pairs; the command tells whether the package is there.
   for p in curl:curl openssl:openssl gcc:gcc dbus:dbus-daemon systemd:systemctl util-linux:setpriv \
-           dpkg-dev:dpkg-deb iproute2:ip procps:ps lintian:lintian; do
+           dpkg-dev:dpkg-deb iproute2:ip procps:ps gnupg:gpg python3:python3 lintian:lintian; do
     command -v "${p#*:}" >/dev/null 2>&1 || pkgs+=("${p%%:*}")
   done
   if [ ${#pkgs[@]} -gt 0 ]; then
@@ -14,6 +14,7 @@ vks_install_deps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2 ||
       { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2; }
   fi
+  vks_cached_deb policyrcd-script-zg2 >/dev/null || return 1
   local t
   for t in cargo go kubectl; do
     command -v "$t" >/dev/null || { echo "deps: $t is required but not installed" >&2; return 1; }
@@ -23,21 +24,23 @@ vks_install_deps() {
     echo "deps: installing cargo-deb (cargo install --locked)" >&2
     cargo install --locked cargo-deb >&2 || { echo "deps: cannot install cargo-deb" >&2; return 1; }
   fi
-  vks_zg2_deb >/dev/null
 }
 
-# vks_zg2_deb -- prints the path of a cached policyrcd-script-zg2 .deb (a dependency of the vks
-# package), downloading it once with apt-get download: test nodes install it from there instead of
-# fetching it from the mirror on every boot.
-vks_zg2_deb() {
-  local cache=${XDG_CACHE_HOME:-$HOME/.cache}/vks/debs f
-  f=$(ls "$cache"/policyrcd-script-zg2_*.deb 2>/dev/null | tail -n 1) || true
-  if [ -z "$f" ]; then
-    mkdir -p "$cache"
-    (cd "$cache" && { apt-get download policyrcd-script-zg2 >&2 ||
-      { apt-get update -q >&2 && apt-get download policyrcd-script-zg2 >&2; }; }) ||
-      { echo "deps: cannot download policyrcd-script-zg2" >&2; return 1; }
-    f=$(ls "$cache"/policyrcd-script-zg2_*.deb | tail -n 1)
-  fi
-  echo "$f"
+# vks_cached_deb PACKAGE -> path of PACKAGE's .deb (Debian's candidate), downloaded once into
+# ${XDG_CACHE_HOME:-~/.cache}/vks/debs (test nodes install it from there, e.g. the policy-rc.d
+# that vks depends on).
+vks_cached_deb() {
+  local dir=${XDG_CACHE_HOME:-$HOME/.cache}/vks/debs f
+  mkdir -p "$dir"
+  (
+    flock 9
+    f=$(find "$dir" -maxdepth 1 -name "${1}_*.deb" -print -quit)
+    if [ -z "$f" ]; then
+      cd "$dir" || exit 1
+      apt-get download -q "$1" >&2 2>/dev/null || { apt-get update -q >&2 && apt-get download -q "$1" >&2; } ||
+        { echo "deps: cannot download $1" >&2; exit 1; }
+      f=$(find "$dir" -maxdepth 1 -name "${1}_*.deb" -print -quit)
+    fi
+    echo "$f"
+  ) 9>"$dir/.lock"
 }

@@ -1,8 +1,15 @@
 //! Images: what a container's `image` names on the host, behind the narrow [`Images`] trait.
 //!
-//! So far an image is an absolute path to an executable already on the host ([`PathImages`]):
-//! nothing is installed, the file must exist and be executable, and it is the container's
-//! default command.
+//! The real provider is [`debian::DebianImages`]: Debian packages installed with apt-get
+//! ([`apt`]), .deb files downloaded over https ([`download`]) and absolute paths of executables
+//! already on the host. A package's own systemd unit gives the default command and settings
+//! ([`unitfile`]). [`PathImages`] knows only paths (for tests and benchmarks).
+
+pub mod apt;
+pub mod debian;
+pub mod download;
+pub mod reference;
+pub mod unitfile;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -21,12 +28,24 @@ pub struct ImageError {
     pub message: String,
 }
 
+/// Where an image provider reports what it does (the pod's events: Pulling, Pulled, ...).
+pub trait PullEvents: Send + Sync {
+    /// A Normal event about the pod.
+    fn normal(&self, reason: &str, note: String);
+}
+
+impl PullEvents for crate::events::PodEvents {
+    fn normal(&self, reason: &str, note: String) {
+        crate::events::PodEvents::normal(self, reason, note);
+    }
+}
+
 /// Makes images available.
 #[async_trait]
 pub trait Images: Send + Sync + 'static {
     /// Ensures `image` is available (may take long: installs). `pull_policy` is the container's
     /// `imagePullPolicy` (`Always`, `IfNotPresent` or `Never`).
-    async fn ensure(&self, image: &str, pull_policy: &str) -> Result<ImageInfo, ImageError>;
+    async fn ensure(&self, image: &str, pull_policy: &str, events: &dyn PullEvents) -> Result<ImageInfo, ImageError>;
 }
 
 /// Whether `path` is a regular file with an execute bit.
@@ -54,12 +73,12 @@ pub fn resolve_path_image(image: &str) -> Result<ImageInfo, ImageError> {
             ),
         });
     }
-    Ok(ImageInfo { entrypoint: vec![image.to_owned()], args: Vec::new(), image_id: format!("file://{image}") })
+    Ok(ImageInfo { entrypoint: vec![image.to_owned()], image_id: format!("file://{image}"), ..ImageInfo::default() })
 }
 
 #[async_trait]
 impl Images for PathImages {
-    async fn ensure(&self, image: &str, _pull_policy: &str) -> Result<ImageInfo, ImageError> {
+    async fn ensure(&self, image: &str, _pull_policy: &str, _events: &dyn PullEvents) -> Result<ImageInfo, ImageError> {
         resolve_path_image(image)
     }
 }

@@ -115,9 +115,23 @@ pub struct Adopted {
 enum ImageState {
     Unresolved,
     Resolving,
-    Failed(ImageError, Instant),
+    /// Resolving failed at `failed`; try again at `retry`.
+    Failed {
+        error: ImageError,
+        failed: Instant,
+        retry: Instant,
+    },
     Ready(ImageInfo),
 }
+
+/// Image pull back-off: the kubelet's (10 s doubling up to 5 minutes).
+fn pull_backoff(failures: u32) -> Duration {
+    (super::backoff::INITIAL * 2u32.saturating_pow(failures.saturating_sub(1).min(16))).min(super::backoff::MAX)
+}
+
+/// How long after a failed pull the status says ErrImagePull before ImagePullBackOff (the
+/// kubelet shows the error once, then the back-off on its next sync).
+const PULL_ERROR_SHOWN: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Ctr {
@@ -144,6 +158,8 @@ struct Ctr {
     blocked: Option<(String, String, Instant)>,
     /// `imageID` recorded in an adopted unit.
     adopted_image_id: Option<String>,
+    /// Consecutive failed image pulls.
+    image_failures: u32,
     /// The last exit seen of the current run (cleared when the container is started again).
     observed_exit: Option<Box<ContainerStateTerminated>>,
     /// The API says this container ran, but its unit is gone (the node rebooted): the next
@@ -304,6 +320,7 @@ impl Worker {
                 handled_exit: None,
                 blocked: None,
                 adopted_image_id: adopted_meta.map(|m| m.image_id.clone()),
+                image_failures: 0,
                 observed_exit: None,
                 lost_run,
             });
@@ -416,12 +433,36 @@ impl Worker {
                     c.stale = true;
                 }
             }
-            Msg::Image(i, r) => {
-                if let Some(c) = self.ctrs.get_mut(i) {
-                    c.image = match r {
-                        Ok(img) => ImageState::Ready(img),
-                        Err(e) => ImageState::Failed(e, Instant::now() + CREATE_RETRY),
-                    };
+            Msg::Image(i, r) => self.image_resolved(i, r),
+        }
+    }
+
+    /// Records the outcome of resolving container `i`'s image, with the kubelet's events.
+    fn image_resolved(&mut self, i: usize, r: Result<ImageInfo, ImageError>) {
+        let Some(c) = self.ctrs.get_mut(i) else { return };
+        let image = c.spec.image.clone().unwrap_or_default();
+        let now = Instant::now();
+        match r {
+            Ok(img) => {
+                c.image_failures = 0;
+                c.image = ImageState::Ready(img);
+            }
+            Err(e) if e.reason == "ErrImagePull" => {
+                c.image_failures += 1;
+                let wait = pull_backoff(c.image_failures);
+                c.image = ImageState::Failed { error: e.clone(), failed: now, retry: now + wait };
+                log::warn!(pod = label(&self.pod).as_str(); "pod {}: {}; next try in {}s", label(&self.pod), e.message, wait.as_secs());
+                self.event(EventType::Warning, "Failed", format!("Failed to pull image {image:?}: {}", e.message));
+                self.event(EventType::Warning, "Failed", "Error: ErrImagePull".into());
+                self.event(EventType::Normal, "BackOff", format!("Back-off pulling image {image:?}"));
+                self.event(EventType::Warning, "Failed", "Error: ImagePullBackOff".into());
+            }
+            Err(e) => {
+                let repeated = matches!(&c.image, ImageState::Failed { error, .. } if *error == e);
+                c.image = ImageState::Failed { error: e.clone(), failed: now, retry: now + CREATE_RETRY };
+                if !repeated {
+                    log::warn!(pod = label(&self.pod).as_str(); "pod {}: {}", label(&self.pod), e.message);
+                    self.event(EventType::Warning, e.reason, format!("Error: {}", e.message));
                 }
             }
         }
@@ -452,8 +493,12 @@ impl Worker {
             if let Some((_, _, at)) = &c.blocked {
                 wake.push(*at);
             }
-            if let ImageState::Failed(_, at) = &c.image {
-                wake.push(*at);
+            if let ImageState::Failed { error, failed, retry } = &c.image {
+                wake.push(*retry);
+                let shown = *failed + PULL_ERROR_SHOWN;
+                if error.reason == "ErrImagePull" && shown > now {
+                    wake.push(shown);
+                }
             }
         }
         if let Some(d) = &self.deletion {
@@ -643,14 +688,21 @@ impl Worker {
         let image = match &self.ctrs[i].image {
             ImageState::Ready(img) => img.clone(),
             ImageState::Resolving => return,
-            ImageState::Failed(_, at) if *at > now => return,
-            ImageState::Unresolved | ImageState::Failed(..) => {
+            ImageState::Failed { retry, .. } if *retry > now => return,
+            ImageState::Unresolved | ImageState::Failed { .. } => {
                 self.ctrs[i].image = ImageState::Resolving;
                 let (images, tx) = (self.shared.images.clone(), self.tx.clone());
                 let image = self.ctrs[i].spec.image.clone().unwrap_or_default();
                 let policy = self.ctrs[i].spec.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into());
+                let m = &self.pod.metadata;
+                let events = crate::events::PodEvents::new(
+                    self.shared.events.clone(),
+                    m.namespace.as_deref().unwrap_or(""),
+                    m.name.as_deref().unwrap_or(""),
+                    &self.uid,
+                );
                 tokio::spawn(async move {
-                    let r = images.ensure(&image, &policy).await;
+                    let r = images.ensure(&image, &policy, &events).await;
                     let _ = tx.send(Msg::Image(i, r));
                 });
                 return;
@@ -961,8 +1013,19 @@ impl Worker {
                     }
                     (UnitRun::Exited(t), _, _, _) => CState::Terminated(t.clone()),
                     (UnitRun::NotStarted, Some((reason, message, _)), _, _) => CState::waiting(reason, message.clone()),
-                    (UnitRun::NotStarted, None, ImageState::Failed(e, _), _) => {
-                        CState::waiting(e.reason, e.message.clone())
+                    (UnitRun::NotStarted, None, ImageState::Failed { error, failed, .. }, _) => {
+                        if error.reason == "ErrImagePull" && failed.elapsed() >= PULL_ERROR_SHOWN {
+                            CState::waiting(
+                                "ImagePullBackOff",
+                                format!(
+                                    "Back-off pulling image {:?}: ErrImagePull: {}",
+                                    c.spec.image.as_deref().unwrap_or(""),
+                                    error.message
+                                ),
+                            )
+                        } else {
+                            CState::waiting(error.reason, error.message.clone())
+                        }
                     }
                     (UnitRun::NotStarted, None, _, _) if c.kind == ContainerKind::App && pending_init => {
                         CState::waiting("PodInitializing", None)

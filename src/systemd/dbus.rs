@@ -226,6 +226,19 @@ impl Systemd for DbusSystemd {
         }
     }
 
+    async fn disable_and_mask(&self, names: &[String]) -> Result<(), SystemdError> {
+        let list = names.join(", ");
+        self.manager
+            .disable_unit_files(names.to_vec(), false)
+            .await
+            .map_err(bus(format!("DisableUnitFiles({list})")))?;
+        self.manager
+            .mask_unit_files(names.to_vec(), false, true)
+            .await
+            .map_err(bus(format!("MaskUnitFiles({list})")))?;
+        self.manager.reload().await.map_err(bus("Reload"))
+    }
+
     async fn status(&self, name: &str) -> Result<UnitStatus, SystemdError> {
         let mut unit = self.get_all(name, "org.freedesktop.systemd1.Unit").await?;
         let load_state: String = prop(&mut unit, "LoadState").unwrap_or_default();

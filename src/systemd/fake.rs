@@ -212,6 +212,15 @@ impl Systemd for FakeSystemd {
         }
     }
 
+    async fn disable_and_mask(&self, names: &[String]) -> Result<(), SystemdError> {
+        let mut s = self.lock();
+        s.calls.push(format!("disable_and_mask {}", names.join(" ")));
+        for n in names {
+            s.units.entry(n.clone()).or_default().load_state = "masked".into();
+        }
+        Ok(())
+    }
+
     async fn watch(&self, prefix: &str) -> Result<mpsc::UnboundedReceiver<UnitEvent>, SystemdError> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock().watchers.push((prefix.to_owned(), tx));

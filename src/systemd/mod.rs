@@ -234,6 +234,9 @@ pub trait Systemd: Send + Sync + 'static {
     async fn reset_failed(&self, name: &str) -> Result<(), SystemdError>;
     /// Current state of a unit (loading it if needed).
     async fn status(&self, name: &str) -> Result<UnitStatus, SystemdError>;
+    /// Disables and masks (persistently) the named units of a package, then reloads: only vks
+    /// runs what a package vks installed provides.
+    async fn disable_and_mask(&self, names: &[String]) -> Result<(), SystemdError>;
     /// Starts delivering change notifications for units whose name starts with `prefix`.
     async fn watch(&self, prefix: &str) -> Result<mpsc::UnboundedReceiver<UnitEvent>, SystemdError>;
 }

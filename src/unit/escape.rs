@@ -67,11 +67,15 @@ pub fn exec_word(s: &str) -> Result<String, Unrepresentable> {
 
 /// A whole `ExecStart=` value: the executable (with systemd's `@` prefix, so that `argv[0]` can
 /// differ from it) followed by every argument including `argv[0]`.
-pub fn exec_line(executable: &str, argv: &[String]) -> Result<String, Unrepresentable> {
+pub fn exec_line(executable: &str, argv: &[super::Arg]) -> Result<String, Unrepresentable> {
     let mut line = exec_word(&format!("@{executable}"))?;
     for a in argv {
         line.push(' ');
-        line.push_str(&exec_word(a)?);
+        match a {
+            super::Arg::Lit(s) => line.push_str(&exec_word(s)?),
+            // Raw text comes from a packaged unit's own ExecStart= line (one line, no newline).
+            super::Arg::Raw(s) => line.push_str(s),
+        }
     }
     Ok(line)
 }
@@ -157,7 +161,8 @@ mod tests {
 
     #[test]
     fn a_newline_can_never_start_a_directive() {
-        let line = exec_line("/bin/echo", &["echo".into(), "x\n[Service]\nUser=root".into()]).unwrap();
+        let argv = [super::super::Arg::Lit("echo".into()), super::super::Arg::Lit("x\n[Service]\nUser=root".into())];
+        let line = exec_line("/bin/echo", &argv).unwrap();
         assert!(!line.contains('\n'));
         assert_eq!(line, r#""@/bin/echo" "echo" "x\n[Service]\nUser=root""#);
     }

@@ -53,15 +53,41 @@ pub struct NodeContext {
     pub node_ip: String,
 }
 
+/// One argument of a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// A literal value (from the pod): escaped so that the process receives it unchanged.
+    Lit(String),
+    /// Text in systemd's own ExecStart= syntax, taken verbatim from a packaged unit (it may use
+    /// `$VARIABLES` of the package's EnvironmentFile=); never from a pod.
+    Raw(String),
+}
+
+impl Arg {
+    /// The argument as the process sees it, for literals; the raw text otherwise.
+    pub fn text(&self) -> &str {
+        match self {
+            Arg::Lit(s) | Arg::Raw(s) => s,
+        }
+    }
+}
+
 /// An image as made available on the node: what it runs by default and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImageInfo {
-    /// The image's entrypoint (for a path image: the path).
+    /// The image's entrypoint (for a path image: the path; for a package: the program of its
+    /// unit's ExecStart=).
     pub entrypoint: Vec<String>,
     /// Arguments used when the container gives neither command nor args.
-    pub args: Vec<String>,
+    pub args: Vec<Arg>,
     /// What the image resolved to (`imageID` in the container status).
     pub image_id: String,
+    /// Settings of the package's own unit that the container's unit takes over, as
+    /// (directive, value) in systemd syntax (see `images::unitfile`); empty for other images.
+    pub service: Vec<(String, String)>,
+    /// Why the image has no default command (e.g. a package without a systemd service), for
+    /// the error when the container gives none either.
+    pub no_command: Option<String>,
 }
 
 /// Everything a unit file is rendered from.
@@ -73,8 +99,10 @@ pub struct UnitSpec {
     pub meta: UnitMeta,
     /// Absolute path of the program to execute.
     pub executable: String,
-    /// The full argument vector, `argv[0]` included, exactly as the process receives it.
-    pub argv: Vec<String>,
+    /// The full argument vector, `argv[0]` included (literal values reach the process exactly).
+    pub argv: Vec<Arg>,
+    /// Settings taken over from a package's unit (trusted: from the package, not the pod).
+    pub base: Vec<(String, String)>,
     /// Environment, in the order the pod defines it.
     pub env: Vec<(String, String)>,
     /// `workingDir`, when set.
@@ -209,24 +237,25 @@ pub fn resolve_env(pod: &Pod, c: &Container, node: &NodeContext) -> Result<Vec<(
 
 /// The argument vector with Kubernetes semantics: `command` replaces the image's entrypoint,
 /// `args` its arguments; both are `$(VAR)`-expanded with the container's environment.
-pub fn container_argv(c: &Container, image: &ImageInfo, env: &[(String, String)]) -> Result<Vec<String>, SpecError> {
+pub fn container_argv(c: &Container, image: &ImageInfo, env: &[(String, String)]) -> Result<Vec<Arg>, SpecError> {
     let lookup = |n: &str| env.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let command = c.command.as_ref().filter(|v| !v.is_empty());
     let args = c.args.as_ref().filter(|v| !v.is_empty());
-    let mut argv: Vec<String> = match command {
-        Some(cmd) => cmd.iter().map(|s| expand(s, lookup)).collect(),
-        None => image.entrypoint.clone(),
+    let mut argv: Vec<Arg> = match command {
+        Some(cmd) => cmd.iter().map(|s| Arg::Lit(expand(s, lookup))).collect(),
+        None => image.entrypoint.iter().cloned().map(Arg::Lit).collect(),
     };
     match args {
-        Some(a) => argv.extend(a.iter().map(|s| expand(s, lookup))),
+        Some(a) => argv.extend(a.iter().map(|s| Arg::Lit(expand(s, lookup)))),
         None if command.is_none() => argv.extend(image.args.iter().cloned()),
         None => {}
     }
-    if argv.first().is_none_or(|a| a.is_empty()) {
+    if argv.first().is_none_or(|a| a.text().is_empty()) {
         return Err(SpecError::create(format!(
-            "container {}: no command to run: the image {:?} has no default command and the container sets none",
+            "container {}: no command to run: the image {:?} has no default command{} and the container sets none",
             c.name,
-            c.image.as_deref().unwrap_or("")
+            c.image.as_deref().unwrap_or(""),
+            image.no_command.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
         )));
     }
     Ok(argv)
@@ -273,12 +302,30 @@ pub fn effective_restart_policy(pod_policy: &str, kind: ContainerKind) -> &str {
 }
 
 /// Hash of the inputs a unit is made from; a unit whose hash differs is replaced.
-pub fn spec_hash(c: &Container, kind: ContainerKind, executable: &str, env: &[(String, String)]) -> String {
+pub fn spec_hash(
+    c: &Container,
+    kind: ContainerKind,
+    executable: &str,
+    env: &[(String, String)],
+    image: &ImageInfo,
+) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(c).unwrap_or_default());
     h.update(kind.to_string().as_bytes());
     h.update(executable.as_bytes());
     h.update([0]);
+    h.update(image.image_id.as_bytes());
+    h.update([0]);
+    for (k, v) in image
+        .service
+        .iter()
+        .chain(image.args.iter().map(|a| ("arg".to_owned(), a.text().to_owned())).collect::<Vec<_>>().iter())
+    {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
     for (k, v) in env {
         h.update(k.as_bytes());
         h.update([0]);
@@ -304,7 +351,7 @@ pub fn plan(
     let pod_policy = spec.and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
     let env = resolve_env(pod, c, node)?;
     let argv = container_argv(c, image, &env)?;
-    let executable = resolve_executable(&c.name, &argv[0], &env, is_executable)?;
+    let executable = resolve_executable(&c.name, argv[0].text(), &env, is_executable)?;
     let meta = UnitMeta {
         namespace: namespace.clone(),
         pod: pod_name.clone(),
@@ -314,13 +361,15 @@ pub fn plan(
         image: c.image.clone().unwrap_or_default(),
         image_id: image.image_id.clone(),
         restart_policy: effective_restart_policy(pod_policy, kind).to_owned(),
-        spec_hash: spec_hash(c, kind, &executable, &env),
+        spec_hash: spec_hash(c, kind, &executable, &env, image),
     };
     let unit = UnitSpec {
         name: name::unit_name(&namespace, &pod_name, &c.name),
         meta,
         executable,
         argv,
+        // The package's unit is the base only when the container keeps the image's command.
+        base: if c.command.as_ref().is_some_and(|v| !v.is_empty()) { Vec::new() } else { image.service.clone() },
         env,
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
@@ -334,17 +383,36 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     let c = &u.meta.container;
     let bad = |what: String, e: Unrepresentable| SpecError::create(format!("container {c}: {what} {e}"));
     let exec = escape::exec_line(&u.executable, &u.argv).map_err(|e| bad("the command line".into(), e))?;
+    // A package's unit may say how its daemon starts; oneshot (and simple) become exec, which
+    // reports a program that cannot be executed as a failed start.
+    let service_type = u
+        .base
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "Type")
+        .map(|(_, v)| v.as_str())
+        .filter(|t| matches!(*t, "notify" | "forking" | "dbus" | "idle"))
+        .unwrap_or("exec");
     let mut s = format!(
         "# Generated by vks from pod {ns}/{pod}; vks replaces or removes this file, do not edit it.\n\
          [Unit]\n\
          Description=vks pod {ns}/{pod} container {c}\n\
          \n\
          [Service]\n\
-         Type=exec\n\
+         Type={service_type}\n\
          ExecStart={exec}\n",
         ns = u.meta.namespace,
         pod = u.meta.pod,
     );
+    if !u.base.is_empty() {
+        s.push_str(&format!("# Taken over from the unit of image {}:\n", escape::meta_value(&u.meta.image)));
+    }
+    for (k, v) in &u.base {
+        let overridden = k == "Type" || (k == "WorkingDirectory" && u.working_dir.is_some());
+        if !overridden && !v.contains('\n') {
+            s.push_str(&format!("{k}={v}\n"));
+        }
+    }
     if let Some(dir) = &u.working_dir {
         let d = escape::path(dir).map_err(|e| bad(format!("workingDir {dir:?}"), e))?;
         s.push_str(&format!("WorkingDirectory={d}\n"));
@@ -459,10 +527,15 @@ mod tests {
 
     #[test]
     fn command_and_args_semantics() {
-        let image =
-            ImageInfo { entrypoint: vec!["/img".into()], args: vec!["--default".into()], image_id: String::new() };
+        let image = ImageInfo {
+            entrypoint: vec!["/img".into()],
+            args: vec![Arg::Lit("--default".into())],
+            ..ImageInfo::default()
+        };
         let env = vec![("X".to_owned(), "1".to_owned())];
-        let argv = |j| container_argv(&container(j), &image, &env).unwrap();
+        let argv = |j| {
+            container_argv(&container(j), &image, &env).unwrap().iter().map(|a| a.text().to_owned()).collect::<Vec<_>>()
+        };
         assert_eq!(argv(serde_json::json!({"name": "c"})), ["/img", "--default"]);
         assert_eq!(argv(serde_json::json!({"name": "c", "args": ["a$(X)"]})), ["/img", "a1"]);
         assert_eq!(argv(serde_json::json!({"name": "c", "command": ["sh", "-c"]})), ["sh", "-c"]);
@@ -514,8 +587,17 @@ mod tests {
     fn spec_changes_change_the_hash() {
         let a = container(serde_json::json!({"name": "c", "image": "/bin/a"}));
         let b = container(serde_json::json!({"name": "c", "image": "/bin/b"}));
-        assert_eq!(spec_hash(&a, ContainerKind::App, "/bin/a", &[]), spec_hash(&a, ContainerKind::App, "/bin/a", &[]));
-        assert_ne!(spec_hash(&a, ContainerKind::App, "/bin/a", &[]), spec_hash(&b, ContainerKind::App, "/bin/a", &[]));
-        assert_ne!(spec_hash(&a, ContainerKind::App, "/bin/a", &[]), spec_hash(&a, ContainerKind::Init, "/bin/a", &[]));
+        assert_eq!(
+            spec_hash(&a, ContainerKind::App, "/bin/a", &[], &ImageInfo::default()),
+            spec_hash(&a, ContainerKind::App, "/bin/a", &[], &ImageInfo::default())
+        );
+        assert_ne!(
+            spec_hash(&a, ContainerKind::App, "/bin/a", &[], &ImageInfo::default()),
+            spec_hash(&b, ContainerKind::App, "/bin/a", &[], &ImageInfo::default())
+        );
+        assert_ne!(
+            spec_hash(&a, ContainerKind::App, "/bin/a", &[], &ImageInfo::default()),
+            spec_hash(&a, ContainerKind::Init, "/bin/a", &[], &ImageInfo::default())
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! cluster and runs them with `--ignored`. Each test boots its own node(s), so they can run in
 //! parallel; tests that disturb the whole cluster live in `tests/e2e_exclusive/`.
 
+mod debs;
+mod images;
 mod node;
 mod package;
 mod pods;

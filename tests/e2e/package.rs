@@ -30,7 +30,11 @@ fn deb() -> PathBuf {
 
 /// The cached policyrcd-script-zg2 package (k3s/lib/deps.sh downloads it once).
 fn zg2_deb() -> PathBuf {
-    let out = check(Command::new("bash").args(["-c", ". k3s/lib/deps.sh && vks_zg2_deb"]).current_dir(repo()));
+    let out = check(
+        Command::new("bash")
+            .args(["-c", ". k3s/lib/deps.sh && vks_cached_deb policyrcd-script-zg2"])
+            .current_dir(repo()),
+    );
     PathBuf::from(out.trim())
 }
 

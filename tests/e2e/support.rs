@@ -202,6 +202,13 @@ impl Node {
         std::fs::write(&path, toml).unwrap_or_else(|e| panic!("writing {path}: {e}"));
     }
 
+    /// Writes a file inside the node (into its overlay).
+    pub fn put_file(&self, path: &str, content: &[u8]) {
+        let pid = check(Command::new(repo().join("k3s/node")).args(["pid", &self.name]));
+        let full = format!("/proc/{}/root{path}", pid.trim());
+        std::fs::write(&full, content).unwrap_or_else(|e| panic!("writing {full}: {e}"));
+    }
+
     /// The node's current /etc/vks/config.toml.
     pub fn config(&self) -> String {
         self.exec(&["cat", "/etc/vks/config.toml"])
