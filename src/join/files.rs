@@ -195,25 +195,18 @@ impl KeyPairPem {
         CertInfo::from_der(certs[0].as_ref())
     }
 
-    /// Splits a PEM bundle into certificates and a private key (a k3s response may hold both).
-    pub fn split(pem: &str) -> (String, Option<String>) {
+    /// Splits a PEM bundle into its certificates (re-encoded, in order) and its private key (a
+    /// k3s response may hold both). Text that is not PEM gives no certificate and no key.
+    pub fn split(text: &str) -> (String, Option<String>) {
+        let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
         let mut certs = String::new();
         let mut key = None;
-        let mut rest = pem;
-        while let Some(start) = rest.find("-----BEGIN ") {
-            let block = &rest[start..];
-            let Some(label_end) = block[11..].find("-----") else { break };
-            let label = &block[11..11 + label_end];
-            let end_marker = format!("-----END {label}-----");
-            let Some(end) = block.find(&end_marker) else { break };
-            let text = &block[..end + end_marker.len()];
-            if label.contains("PRIVATE KEY") {
-                key = Some(format!("{text}\n"));
-            } else if label == "CERTIFICATE" {
-                certs.push_str(text);
-                certs.push('\n');
+        for block in pem::parse_many(text).unwrap_or_default() {
+            if block.tag() == "CERTIFICATE" {
+                certs.push_str(&pem::encode_config(&block, lf));
+            } else if block.tag().ends_with("PRIVATE KEY") {
+                key = Some(pem::encode_config(&block, lf));
             }
-            rest = &block[end + end_marker.len()..];
         }
         (certs, key)
     }
