@@ -226,28 +226,44 @@ impl KeyPairPem {
 }
 
 /// The kubeconfig vks writes: one cluster, one user with an embedded client certificate and
-/// key, one context. YAML written by hand (every value is base64 or a JSON-quoted string, both
-/// valid YAML scalars).
-pub fn render_kubeconfig(server: &str, ca_pem: &str, client: &KeyPairPem, user: &str) -> String {
+/// key, one context; kube's own kubeconfig types, serialized as YAML.
+pub fn render_kubeconfig(server: &str, ca_pem: &str, client: &KeyPairPem, user: &str) -> Result<String, String> {
+    use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
-    format!(
-        "# Written by vks (vks join / certificate renewal); replaced atomically on renewal.\n\
-         apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: vks\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n\
-         - name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n\
-         contexts:\n\
-         - name: vks\n  context:\n    cluster: vks\n    user: {user}\n\
-         current-context: vks\n",
-        server = q(server),
-        ca = b64(ca_pem),
-        user = q(user),
-        cert = b64(&client.certs_pem),
-        key = b64(&client.key_pem),
-    )
+    let kubeconfig = Kubeconfig {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Config".to_owned()),
+        clusters: vec![NamedCluster {
+            name: "vks".to_owned(),
+            cluster: Some(Cluster {
+                server: Some(server.to_owned()),
+                certificate_authority_data: Some(b64(ca_pem)),
+                ..Cluster::default()
+            }),
+            other: Default::default(),
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: user.to_owned(),
+            auth_info: Some(AuthInfo {
+                client_certificate_data: Some(b64(&client.certs_pem)),
+                client_key_data: Some(b64(&client.key_pem).into()),
+                ..AuthInfo::default()
+            }),
+            other: Default::default(),
+        }],
+        contexts: vec![NamedContext {
+            name: "vks".to_owned(),
+            context: Some(Context { cluster: "vks".to_owned(), user: Some(user.to_owned()), ..Context::default() }),
+            other: Default::default(),
+        }],
+        current_context: Some("vks".to_owned()),
+        ..Kubeconfig::default()
+    };
+    // Plain scalars: a long base64 value on one line, as kubectl writes it.
+    let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
+    let yaml = serde_saphyr::to_string_with_options(&kubeconfig, options)
+        .map_err(|e| format!("rendering the kubeconfig: {e}"))?;
+    Ok(format!("# Written by vks (vks join, certificate renewal); replaced atomically on renewal.\n{yaml}"))
 }
 
 /// What vks reads back from a kubeconfig: server, CA and the embedded client credentials.
@@ -360,7 +376,9 @@ mod tests {
         let d = tempdir("kc");
         let ck = rcgen::generate_simple_self_signed(vec!["n1".into()]).unwrap();
         let client = KeyPairPem { certs_pem: ck.cert.pem(), key_pem: ck.signing_key.serialize_pem() };
-        let text = render_kubeconfig("https://127.0.0.1:6443", "CA PEM\n", &client, "system:node:n1");
+        let text = render_kubeconfig("https://127.0.0.1:6443", "CA PEM\n", &client, "system:node:n1").unwrap();
+        // One line per value, as kubectl writes them (tools and people grep these files).
+        assert!(text.lines().any(|l| l.starts_with("    client-certificate-data: LS0t")), "{text}");
         let p = d.join("kubeconfig");
         write_private(&p, text.as_bytes()).unwrap();
         let back = read_kubeconfig(&p).unwrap();

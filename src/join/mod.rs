@@ -280,7 +280,7 @@ async fn bootstrap_join(s: &Settings, token: &Token, hash: &str) -> Result<(), J
     let certs_pem =
         csr::submit_and_wait(&boot, &s.server, csr::Kind::Client, &s.node, &request, Some(CLIENT_CSR_WAIT)).await?;
     let client = KeyPairPem { certs_pem, key_pem: csr::key_pem(&key) };
-    let text = files::render_kubeconfig(&s.server, &info.ca_pem, &client, &s.user());
+    let text = files::render_kubeconfig(&s.server, &info.ca_pem, &client, &s.user()).map_err(JoinError::Protocol)?;
     let node_client = client_from_kubeconfig_text(&text).await?;
     claim_node(&node_client, &s.server, &s.node, hash).await?;
     files::write_private(&s.kubeconfig, text.as_bytes())?;
@@ -299,7 +299,7 @@ async fn k3s_join(s: &Settings, token: &Token) -> Result<(), JoinError> {
     let request = csr::request(csr::Kind::Serving, &s.node, &s.ips, &serving_key)?;
     let certs_pem = k3s::sign(&s.server, &ca, token, headers, &s.node, csr::Kind::Serving, &request).await?;
     KeyPairPem { certs_pem, key_pem: csr::key_pem(&serving_key) }.write_combined(&s.serving_path())?;
-    let text = files::render_kubeconfig(&s.server, &ca, &client, &s.user());
+    let text = files::render_kubeconfig(&s.server, &ca, &client, &s.user()).map_err(JoinError::Protocol)?;
     files::write_private(&s.kubeconfig, text.as_bytes())?;
     Ok(())
 }
@@ -410,8 +410,11 @@ mod tests {
             kubeconfig: dir.join("kubeconfig"),
             state_dir: dir.clone(),
         };
-        files::write_private(&s.kubeconfig, files::render_kubeconfig(&s.server, "CA", &client, &s.user()).as_bytes())
-            .unwrap();
+        files::write_private(
+            &s.kubeconfig,
+            files::render_kubeconfig(&s.server, "CA", &client, &s.user()).unwrap().as_bytes(),
+        )
+        .unwrap();
         // The server does not exist: any request would fail.
         assert_eq!(ensure(&s).await.unwrap(), Outcome::AlreadyJoined);
         // Credentials for another node name are not ours: a join is attempted (and fails).

@@ -68,7 +68,8 @@ pub async fn renew_client(s: &Settings) -> Result<(), JoinError> {
         csr::submit_and_wait(&client, &s.server, csr::Kind::Client, &s.node, &request, Some(RENEW_CSR_WAIT)).await?;
     let renewed = KeyPairPem { certs_pem, key_pem: csr::key_pem(&key) };
     let leaf = renewed.leaf().map_err(JoinError::Protocol)?;
-    files::write_private(&s.kubeconfig, files::render_kubeconfig(&s.server, &ca, &renewed, &s.user()).as_bytes())?;
+    let text = files::render_kubeconfig(&s.server, &ca, &renewed, &s.user()).map_err(JoinError::Protocol)?;
+    files::write_private(&s.kubeconfig, text.as_bytes())?;
     log::info!(node = s.node.as_str(); "renewed the client certificate of node {} (valid until {})", s.node, show_time(leaf.not_after));
     Ok(())
 }

@@ -340,7 +340,8 @@ async fn the_client_certificate_is_renewed_without_a_restart() {
         creds.ca_pem.as_deref().unwrap(),
         &short,
         &format!("system:node:{}", node.name),
-    );
+    )
+    .unwrap();
     vks::join::files::write_private(&kc_path, text.as_bytes()).unwrap();
     node.exec(&["systemctl", "start", "vks"]);
     let pid = node.unit_prop("vks", "MainPID");
