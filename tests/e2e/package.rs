@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::debs::{self, Fixture};
 use crate::support::*;
 
 /// The package under test: `VKS_DEB` (tests/run sets it), else the newest one `cargo deb` made.
@@ -227,10 +228,28 @@ async fn apt_install_join_ready_stop_and_purge() {
         "no STOPPING=1 notification in the journal"
     );
 
-    // Purge: no vks files, no vks process.
+    // A pod whose image is a Debian package, from an apt source configured in [images].
     node.exec(&["systemctl", "start", "vks"]);
+    let fx = Fixture::new("package", &[debs::tool("vks-test-tool", "1.0", "usr/bin/vks-test-tool")], &[]);
+    let images = fx.images_config(&node, "");
+    node.sh(&format!("cat >> /etc/vks/config.toml <<'EOF'\n{images}\nEOF\nsystemctl restart vks"));
+    let ns = Namespace::new("package");
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "tool" },
+        "spec": { "nodeName": node.name, "restartPolicy": "Never", "containers": [
+            { "name": "t", "image": "vks-test-tool", "imagePullPolicy": "IfNotPresent", "command": ["vks-test-tool"] }
+        ] }
+    });
+    create_pod(&client, &ns.name, pod).await;
+    wait_phase(&client, &ns.name, "tool", "Running", Duration::from_secs(180)).await;
+    assert!(node.sh("ls /etc/apt/sources.list.d/").contains("vks-test.sources"));
+
+    // Purge: no vks files, no vks process; the package the pod installed stays.
     let purge = node.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q vks 2>&1");
     assert!(purge.contains("Purging configuration files for vks"), "{purge}");
+    let status = node.sh("dpkg-query -W -f '${Status} ${Version}' vks-test-tool");
+    assert_eq!(status, "install ok installed 1.0", "the pod's package");
+    assert!(!node.sh("ls /etc/apt/sources.list.d/").contains("vks-"), "vks's apt sources are gone");
     let left = node.sh(
         "for f in /usr/bin/vks /etc/vks /var/lib/vks /lib/systemd/system/vks.service /usr/lib/systemd/system/vks.service \
          /etc/systemd/system/multi-user.target.wants/vks.service /usr/share/doc/vks; do [ -e $f ] && echo $f; done; \
