@@ -399,3 +399,76 @@ async fn the_client_certificate_is_renewed_without_a_restart() {
     assert_eq!(node.unit_prop("vks", "MainPID"), pid, "vks was not restarted");
     assert_eq!(node.unit_prop("vks", "NRestarts"), "0");
 }
+
+/// The serial number of the kubelet API's certificate as a client sees it (upper-case hex, no
+/// leading zeros), empty when nothing answers.
+fn served_serial(ip: &str) -> String {
+    let out = check(Command::new("sh").arg("-c").arg(format!(
+        "echo | timeout 5 openssl s_client -connect {ip}:10250 2>/dev/null | openssl x509 -noout -serial 2>/dev/null \
+         || true"
+    )));
+    out.trim().strip_prefix("serial=").unwrap_or_default().trim_start_matches('0').to_owned()
+}
+
+/// The pending kubelet-serving CSRs of `node`.
+fn pending_serving_csrs(node: &str) -> Vec<String> {
+    let out = kubectl(&[
+        "get",
+        "csr",
+        "--no-headers",
+        "--field-selector",
+        "spec.signerName=kubernetes.io/kubelet-serving",
+        "-o",
+        "custom-columns=NAME:.metadata.name,USER:.spec.username,COND:.status.conditions[*].type",
+    ]);
+    let user = format!("system:node:{node}");
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && f[1] == user && f[2] == "<none>").then(|| f[0].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
+async fn the_serving_certificate_is_renewed_without_a_restart() {
+    let node = Node::up("renew-serving");
+    let ip = node.ip();
+    // A serving certificate from the cluster's server CA that expires in 90 s.
+    node.exec(&["systemctl", "stop", "vks"]);
+    let pki = kubeconfig().parent().unwrap().join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("server-ca.crt")).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("server-ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![node.name.clone(), ip.clone()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{}", node.name));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let start = time::OffsetDateTime::now_utc() - time::Duration::seconds(30);
+    params.not_before = start;
+    params.not_after = start + time::Duration::seconds(120);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let pair = vks::join::files::KeyPairPem { certs_pem: cert.pem(), key_pem: key.serialize_pem() };
+    pair.write_combined(&node.root().join("var/lib/vks/pki/kubelet-serving.pem")).unwrap();
+    let short_serial = pair.leaf().unwrap().serial.replace(':', "").to_uppercase().trim_start_matches('0').to_owned();
+    node.exec(&["systemctl", "start", "vks"]);
+    let pid = node.unit_prop("vks", "MainPID");
+    assert_eq!(served_serial(&ip), short_serial, "serves the stored certificate");
+
+    // Due at 70-90 % of its lifetime: vks asks for a new one; the operator approves it.
+    let csr = wait_for("a new kubelet-serving CSR", Duration::from_secs(100), async || {
+        pending_serving_csrs(&node.name).pop().ok_or_else(|| "none pending".to_owned())
+    })
+    .await;
+    kubectl(&["certificate", "approve", &csr]);
+    wait_for("vks to serve the renewed certificate", Duration::from_secs(30), async || {
+        let served = served_serial(&ip);
+        if !served.is_empty() && served != short_serial { Ok(()) } else { Err(format!("serial {served:?}")) }
+    })
+    .await;
+    assert_eq!(node.unit_prop("vks", "MainPID"), pid, "vks was not restarted");
+    assert_eq!(node.unit_prop("vks", "NRestarts"), "0");
+}
