@@ -26,12 +26,51 @@ pub struct Clients {
     pub watches: kube::Client,
     /// Requests sent so far by both clients (a watch counts once).
     pub sent: Arc<AtomicU64>,
+    /// What `requests` and `watches` delegate to; replaced by [`Clients::reload`].
+    current: Arc<std::sync::RwLock<(kube::Client, kube::Client)>>,
+    /// The kubeconfig they come from.
+    path: std::path::PathBuf,
 }
 
 impl Clients {
     /// Requests sent to the API server so far.
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the kubeconfig (a renewed client certificate) and sends every later request
+    /// with it, through every clone of these clients. Requests in flight (a watch) finish on the
+    /// connection they have.
+    pub async fn reload(&self) -> Result<()> {
+        let (requests, watches) = inner_clients(&self.path, &self.sent).await?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (requests, watches);
+        log::info!("API clients reloaded from {}", self.path.display());
+        Ok(())
+    }
+}
+
+/// A client whose requests go to whichever client is current (see [`Clients::reload`]).
+#[derive(Clone)]
+struct Switch {
+    current: Arc<std::sync::RwLock<(kube::Client, kube::Client)>>,
+    watches: bool,
+}
+
+impl tower::Service<http::Request<kube::client::Body>> for Switch {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, kube::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), kube::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let client = {
+            let pair = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if self.watches { pair.1.clone() } else { pair.0.clone() }
+        };
+        Box::pin(async move { client.send(req).await })
     }
 }
 
@@ -46,19 +85,27 @@ fn counting_client(config: kube::Config, sent: &Arc<AtomicU64>) -> Result<kube::
 
 /// Builds the clients from a kubeconfig file (its current context).
 pub async fn clients_from_kubeconfig(path: &Path) -> Result<Clients> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let (requests, watches) = inner_clients(path, &sent).await?;
+    let namespace = requests.default_namespace().to_owned();
+    let current = Arc::new(std::sync::RwLock::new((requests, watches)));
+    let switch = |watches| kube::Client::new(Switch { current: current.clone(), watches }, namespace.clone());
+    Ok(Clients { requests: switch(false), watches: switch(true), sent, current, path: path.to_owned() })
+}
+
+async fn inner_clients(path: &Path, sent: &Arc<AtomicU64>) -> Result<(kube::Client, kube::Client)> {
     let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
-    let sent = Arc::new(AtomicU64::new(0));
-    let watches = counting_client(config.clone(), &sent)
+    let watches = counting_client(config.clone(), sent)
         .with_context(|| format!("building an API client from {}", path.display()))?;
     config.read_timeout = Some(READ_TIMEOUT);
     config.reset_reader_on_write = true;
     let requests =
-        counting_client(config, &sent).with_context(|| format!("building an API client from {}", path.display()))?;
-    Ok(Clients { requests, watches, sent })
+        counting_client(config, sent).with_context(|| format!("building an API client from {}", path.display()))?;
+    Ok((requests, watches))
 }
 
 /// Whether the API server answered the last request, shared by every loop that talks to it.

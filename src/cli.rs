@@ -1,4 +1,4 @@
-//! Command-line interface (clap): `vks [run]`, `vks check`, `--config`, `--version`.
+//! Command-line interface (clap): `vks [run]`, `vks check`, `vks join`, `--config`, `--version`.
 
 use std::path::PathBuf;
 
@@ -25,6 +25,9 @@ pub enum Command {
     Run,
     /// Validate the configuration file and print the effective configuration.
     Check,
+    /// Register this machine with the cluster of `[cluster] server` using the token, writing the
+    /// node's credentials; does nothing while valid credentials exist (safe to re-run).
+    Join,
 }
 
 #[cfg(test)]
@@ -41,6 +44,7 @@ mod tests {
         assert_eq!(c.config, PathBuf::from("/x.toml"));
         let c = Cli::try_parse_from(["vks", "--config", "/y.toml", "run"]).unwrap();
         assert_eq!(c.command, Some(Command::Run));
+        assert_eq!(Cli::try_parse_from(["vks", "join"]).unwrap().command, Some(Command::Join));
         assert!(Cli::try_parse_from(["vks", "frobnicate"]).is_err());
     }
 }

@@ -123,10 +123,43 @@ pub struct Taint {
 }
 
 /// `[cluster]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
-    /// The kubeconfig vks uses to talk to the API server.
+    /// The kubeconfig vks uses to talk to the API server (written by `vks join` when `server`
+    /// and a token are set).
     pub kubeconfig: PathBuf,
+    /// The API server (or k3s server) URL to join, `https://host:port`.
+    pub server: Option<String>,
+    /// The join token (`token` or `token_file`); set exactly when `server` is.
+    pub token: Option<TokenSource>,
+}
+
+/// Where the join token comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// `cluster.token`: the token itself (never printed).
+    Inline(crate::join::token::Secret),
+    /// `cluster.token_file`: a file holding it, read when joining.
+    File(PathBuf),
+}
+
+impl Serialize for ClusterConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ClusterConfig", 3)?;
+        st.serialize_field("kubeconfig", &self.kubeconfig)?;
+        match &self.server {
+            Some(server) => st.serialize_field("server", server)?,
+            None => st.skip_field("server")?,
+        }
+        match &self.token {
+            // The secret never leaves the process through `vks check`.
+            Some(TokenSource::Inline(_)) => st.serialize_field("token", "(set, not shown)")?,
+            Some(TokenSource::File(p)) => st.serialize_field("token_file", p)?,
+            None => st.skip_field("token")?,
+        }
+        st.end()
+    }
 }
 
 /// `[kubelet]`.
@@ -269,7 +302,19 @@ impl Config {
 
         let cluster_cfg = ClusterConfig {
             kubeconfig: cluster.path("kubeconfig", &mut errs).unwrap_or_else(|| PathBuf::from("/etc/vks/kubeconfig")),
+            server: cluster.server("server", &mut errs),
+            token: cluster.token(&mut errs),
         };
+        if cluster_cfg.server.is_some() != cluster_cfg.token.is_some()
+            && !errs.0.iter().any(|e| e.starts_with("cluster."))
+        {
+            errs.push(if cluster_cfg.server.is_some() {
+                "cluster.server: set, but neither cluster.token nor cluster.token_file is: joining needs a token"
+                    .to_owned()
+            } else {
+                "cluster.token: set, but cluster.server is not: the token needs the server URL to join".to_owned()
+            });
+        }
         cluster.finish(&mut errs);
 
         let kubelet_cfg = KubeletConfig {
@@ -457,6 +502,57 @@ impl Section {
             return None;
         }
         Some(PathBuf::from(s))
+    }
+
+    /// An `https://host[:port]` URL.
+    fn server(&mut self, key: &str, errs: &mut Errors) -> Option<String> {
+        let s = self.string(key, errs)?;
+        match s.parse::<http::Uri>() {
+            Ok(u)
+                if u.scheme_str() == Some("https")
+                    && u.host().is_some_and(|h| !h.is_empty())
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none() =>
+            {
+                Some(s.trim_end_matches('/').to_owned())
+            }
+            _ => {
+                errs.push(format!("{}: {s:?} is not an https://host[:port] URL", self.key(key)));
+                None
+            }
+        }
+    }
+
+    /// `token` or `token_file`, mutually exclusive. The token's value never appears in a
+    /// message.
+    fn token(&mut self, errs: &mut Errors) -> Option<TokenSource> {
+        let inline = match self.get("token") {
+            None => None,
+            Some(Value::String(t)) => match crate::join::token::Token::parse(&t) {
+                Ok(_) => Some(TokenSource::Inline(crate::join::token::Secret::new(t.trim()))),
+                Err(e) => {
+                    errs.push(format!("{}: the value (not shown) is not a valid token: {e}", self.key("token")));
+                    None
+                }
+            },
+            Some(other) => {
+                errs.push(format!("{}: expected a string, got a {}", self.key("token"), other.type_str()));
+                None
+            }
+        };
+        let file = self.path("token_file", errs).map(TokenSource::File);
+        match (inline, file) {
+            (Some(_), Some(TokenSource::File(p))) => {
+                errs.push(format!(
+                    "{} and {}: set one, not both (token_file is {:?})",
+                    self.key("token"),
+                    self.key("token_file"),
+                    p.display().to_string()
+                ));
+                None
+            }
+            (a, b) => a.or(b),
+        }
     }
 
     fn log_level(&mut self, key: &str, errs: &mut Errors) -> Option<LogLevel> {
@@ -914,6 +1010,31 @@ mod tests {
     fn serving_certificate_needs_its_key() {
         let errs = errors("[kubelet]\ntls_cert_file = \"/a.crt\"\n");
         assert_eq!(errs, vec!["kubelet.tls_cert_file and kubelet.tls_key_file: set both or neither".to_owned()]);
+    }
+
+    #[test]
+    fn join_settings_are_validated_without_showing_the_token() {
+        let c = parse("[cluster]\nserver = \"https://10.0.0.1:6443/\"\ntoken = \"abcdef.0123456789abcdef\"\n").unwrap();
+        assert_eq!(c.cluster.server.as_deref(), Some("https://10.0.0.1:6443"));
+        assert!(matches!(c.cluster.token, Some(TokenSource::Inline(_))));
+        let shown = c.to_toml();
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("token = \"(set, not shown)\""), "{shown}");
+        let c = parse("[cluster]\nserver = \"https://s\"\ntoken_file = \"/etc/vks/token\"\n").unwrap();
+        assert_eq!(c.cluster.token, Some(TokenSource::File("/etc/vks/token".into())));
+        assert!(c.to_toml().contains("token_file = \"/etc/vks/token\""));
+
+        let errs = errors("[cluster]\nserver = \"http://s\"\ntoken = \"K10abc::node:hunter2\"\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("cluster.server: \"http://s\" is not an https://host[:port] URL"), "{errs:?}");
+        assert!(errs[1].starts_with("cluster.token: the value (not shown) is not a valid token"), "{errs:?}");
+        assert!(!errs.concat().contains("hunter2"));
+        let errs = errors("[cluster]\nserver = \"https://s\"\ntoken = \"t\"\ntoken_file = \"/t\"\n");
+        assert_eq!(errs, ["cluster.token and cluster.token_file: set one, not both (token_file is \"/t\")"]);
+        let errs = errors("[cluster]\nserver = \"https://s\"\n");
+        assert!(errs[0].contains("neither cluster.token nor cluster.token_file"), "{errs:?}");
+        let errs = errors("[cluster]\ntoken_file = \"/t\"\n");
+        assert!(errs[0].contains("cluster.server is not"), "{errs:?}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::api::{self, ApiHealth};
 use crate::config::Config;
 use crate::host;
 use crate::images::Images;
+use crate::join;
 use crate::kubelet_api::KubeletServer;
 use crate::node::lease::LeaseKeeper;
 use crate::node::{NodeAgent, NodeIdentity};
@@ -52,6 +53,55 @@ async fn status_line(
             last = line;
         }
     }
+}
+
+/// Joins (or renews the client certificate) before anything talks to the API server. An
+/// unreachable server is retried until it answers; a refusal (wrong token, CA hash, node name
+/// taken) is fatal. Returns false when shut down while waiting.
+async fn ensure_joined(settings: &join::Settings, shutdown: &CancellationToken) -> Result<bool> {
+    let mut backoff = api::Backoff::new(Duration::from_secs(30));
+    let mut logged = false;
+    loop {
+        match join::ensure(settings).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_transient() => {
+                if !logged {
+                    log::warn!(node = settings.node.as_str(); "{e}; retrying until it answers");
+                    logged = true;
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("joining {} as node {}", settings.server, settings.node)),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// `vks join`: makes sure this machine has node credentials; says what it did.
+pub async fn join(config: &Config) -> Result<String> {
+    let internal_ip = match config.node.internal_ip {
+        Some(ip) => ip,
+        None => host::detect_node_ip()?,
+    };
+    let mut ips = vec![internal_ip];
+    ips.extend(config.node.external_ip);
+    let Some(settings) = join::Settings::from_config(config, ips) else {
+        anyhow::bail!("nothing to join: set [cluster] server and token (or token_file) in the configuration");
+    };
+    let node = &settings.node;
+    Ok(match join::ensure(&settings).await? {
+        join::Outcome::AlreadyJoined => {
+            format!("node {node} already joined {} (credentials in {})", settings.server, settings.kubeconfig.display())
+        }
+        join::Outcome::Renewed => {
+            format!("node {node}: client certificate renewed ({})", settings.kubeconfig.display())
+        }
+        join::Outcome::Joined => {
+            format!("node {node} joined {} (credentials in {})", settings.server, settings.kubeconfig.display())
+        }
+    })
 }
 
 /// The image provider: apt-get with vks's deny-all policy-rc.d, the https downloader, aliases
@@ -111,6 +161,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     log::info!(node = id.name.as_str(); "vks {} starting as node {} ({})", env!("CARGO_PKG_VERSION"), id.name, internal_ip);
 
+    let mut ips = vec![internal_ip];
+    ips.extend(config.node.external_ip);
+    let joining = join::Settings::from_config(&config, ips);
+    if let Some(settings) = &joining {
+        notify::status(&format!("joining {}", settings.server));
+        if !ensure_joined(settings, &shutdown).await? {
+            return Ok(());
+        }
+    }
+
     notify::status("connecting to systemd");
     let systemd: Arc<dyn Systemd> =
         Arc::new(DbusSystemd::connect(None, Path::new(UNIT_DIR)).await.context("connecting to systemd over D-Bus")?);
@@ -123,11 +183,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let client = clients.requests.clone();
     let mut names = vec![id.name.clone(), internal_ip.to_string()];
     names.extend(id.external_ip.map(|ip| ip.to_string()));
-    let server = KubeletServer::bind(&config.kubelet, &names).await?;
+    // A joined node gets its serving certificate from the cluster (join::renew); until then,
+    // or without a join, the configured files or a self-signed certificate.
+    let managed_serving = joining.is_some() && config.kubelet.tls_cert_file.is_none();
+    let stored = joining.as_ref().filter(|_| managed_serving).and_then(join::renew::stored_serving);
+    let server = KubeletServer::bind(&config.kubelet, &names, stored.as_ref().map(|(pair, _)| pair)).await?;
+    let serving_identity = server.identity();
     log::info!("kubelet API listening on https://{}", server.local_addr()?);
 
     let health = Arc::new(ApiHealth::default());
-    let agent = Arc::new(NodeAgent::new(client.clone(), config.clone(), id.clone(), systemd.clone(), health.clone()));
+    let password_hash = joining.as_ref().map(join::Settings::password_hash).transpose()?;
+    let agent = Arc::new(
+        NodeAgent::new(client.clone(), config.clone(), id.clone(), systemd.clone(), health.clone())
+            .with_password_hash(password_hash),
+    );
     notify::status(&format!("registering node {}", id.name));
     match agent.register(&shutdown).await {
         Ok(_) => {}
@@ -142,6 +211,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     {
         let (agent, cancel, liveness) = (agent.clone(), shutdown.clone(), liveness.clone());
         tasks.spawn(async move { agent.status_loop(cancel, move || liveness.tick()).await });
+    }
+    if let Some(settings) = joining {
+        let serving = managed_serving.then_some(serving_identity);
+        tasks.spawn(join::renew::maintain(settings, clients.clone(), serving, shutdown.clone()));
     }
     tasks.spawn(notify::watchdog(liveness, crate::node::STATUS_INTERVAL * 6, shutdown.clone()));
 

@@ -5,6 +5,7 @@
 //! - [`cli`], [`config`]: command line and `/etc/vks/config.toml` (validated before anything
 //!   else happens).
 //! - [`daemon`]: `vks run` — wires the parts below and owns the start-up order and shutdown.
+//! - [`join`]: `vks join` — token discovery, node credentials, certificate renewal.
 //! - [`node`]: the Node object, its status and Lease.
 //! - [`pods`]: the pods bound to this node, one worker per pod driving its units.
 //! - [`images`]: what an image names on the host.
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod events;
 pub mod host;
 pub mod images;
+pub mod join;
 pub mod kubelet_api;
 pub mod logging;
 pub mod node;

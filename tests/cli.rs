@@ -66,3 +66,32 @@ fn missing_config_file_is_a_config_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/vks.toml") && err.contains("cannot read the file: No such file"), "{err}");
 }
+
+#[test]
+fn check_never_shows_the_join_token_and_join_needs_one() {
+    let state = std::env::temp_dir().join(format!("vks-cli-test-{}/state", std::process::id()));
+    let p = temp_config(
+        "join.toml",
+        &format!(
+            "[node]\nname = \"web-1\"\ninternal_ip = \"127.0.0.1\"\n[cluster]\nserver = \"https://127.0.0.1:1\"\n\
+             token = \"abcdef.0123456789abcdef\"\nkubeconfig = \"{}/kubeconfig\"\n[paths]\nstate_dir = \"{}\"\n",
+            state.display(),
+            state.display()
+        ),
+    );
+    let out = vks(&["check", "--config", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("server = \"https://127.0.0.1:1\"") && !text.contains("0123456789abcdef"), "{text}");
+    // Nobody listens on port 1: exit 1 (may work later), naming the server.
+    let out = vks(&["join", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the server https://127.0.0.1:1"), "{err}");
+    assert!(!err.contains("0123456789abcdef"), "{err}");
+    // Without a server and token there is nothing to join.
+    let p = temp_config("nojoin.toml", "[node]\nname = \"web-1\"\ninternal_ip = \"127.0.0.1\"\n");
+    let out = vks(&["join", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to join"));
+}

@@ -6,7 +6,7 @@ vks_install_deps() {
   local pkgs=() p
   # package:command pairs; the command tells whether the package is there.
   for p in curl:curl openssl:openssl gcc:gcc dbus:dbus-daemon systemd:systemctl util-linux:setpriv \
-           dpkg-dev:dpkg-deb iproute2:ip procps:ps gnupg:gpg python3:python3; do
+           dpkg-dev:dpkg-deb iproute2:ip procps:ps gnupg:gpg python3:python3 lintian:lintian; do
     command -v "${p#*:}" >/dev/null 2>&1 || pkgs+=("${p%%:*}")
   done
   if [ ${#pkgs[@]} -gt 0 ]; then
@@ -19,6 +19,11 @@ vks_install_deps() {
   for t in cargo go kubectl; do
     command -v "$t" >/dev/null || { echo "deps: $t is required but not installed" >&2; return 1; }
   done
+  # cargo-deb builds the Debian package (Cargo.toml [package.metadata.deb]).
+  if ! cargo deb --version >/dev/null 2>&1; then
+    echo "deps: installing cargo-deb (cargo install --locked)" >&2
+    cargo install --locked cargo-deb >&2 || { echo "deps: cannot install cargo-deb" >&2; return 1; }
+  fi
 }
 
 # vks_cached_deb PACKAGE -> path of PACKAGE's .deb (Debian's candidate), downloaded once into

@@ -205,6 +205,16 @@ node_delete_k8s() {
     --ignore-not-found 2>&1) || nlog "$1: could not delete the Node object (ignored): ${out:-timeout}"
 }
 
+# node_delete_token STATE -> delete the bootstrap token the node joined with (STATE/token-id), best effort
+node_delete_token() {
+  local id kc out
+  id=$(cat "$1/token-id" 2>/dev/null) || return 0
+  node_api_up || return 0
+  kc=$(node_kubeconfig) || return 0
+  out=$(timeout 10 kubectl --kubeconfig "$kc" --request-timeout=5s -n kube-system delete secret \
+    "bootstrap-token-$id" --ignore-not-found 2>&1) || nlog "could not delete bootstrap token $id (ignored): ${out:-timeout}"
+}
+
 # node_cleanup NAME STATE -> the node must be dead (or about to be): kill leftovers, remove cgroups,
 # Node object and the state dir.
 node_cleanup() {
@@ -212,6 +222,7 @@ node_cleanup() {
   node_kill_all "$state"
   node_rm_cgroups "$state"
   node_delete_k8s "$name"
+  node_delete_token "$state"
   # Rename the state dir out of the way first (atomic, our teardown claim STATE/down inside), then delete
   # it: a plain `rm -rf` removes the claim early, and a reaper would then see a half-deleted node with
   # neither guardian nor claim and "reap" it again (writing into it: rm: Directory not empty).

@@ -28,6 +28,37 @@ use crate::config::KubeletConfig;
 pub struct KubeletServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    identity: Arc<ServingIdentity>,
+}
+
+/// The serving certificate, replaceable while serving (renewal, a newly issued certificate):
+/// each TLS handshake uses the one current at that moment.
+#[derive(Debug)]
+pub struct ServingIdentity {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ServingIdentity {
+    fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServingIdentity> {
+        let ck = rustls::sign::CertifiedKey::from_der(certs, key, &provider())
+            .context("kubelet serving certificate and key do not match")?;
+        Ok(ServingIdentity { current: std::sync::RwLock::new(Arc::new(ck)) })
+    }
+
+    /// Serves `pair` (chain and key, PEM) from the next handshake on.
+    pub fn set(&self, pair: &crate::join::files::KeyPairPem) -> Result<(), String> {
+        let (certs, key) = pair.to_der()?;
+        let ck = rustls::sign::CertifiedKey::from_der(certs, key, &provider())
+            .map_err(|e| format!("serving certificate and key do not match: {e}"))?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingIdentity {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -53,8 +84,7 @@ fn key_pair(cfg: &KubeletConfig, names: &[String]) -> Result<(Vec<CertificateDer
     Ok((vec![ck.cert.der().clone()], key))
 }
 
-fn tls_config(cfg: &KubeletConfig, names: &[String]) -> Result<ServerConfig> {
-    let (certs, key) = key_pair(cfg, names)?;
+fn tls_config(cfg: &KubeletConfig, identity: Arc<ServingIdentity>) -> Result<ServerConfig> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -77,19 +107,33 @@ fn tls_config(cfg: &KubeletConfig, names: &[String]) -> Result<ServerConfig> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder.with_single_cert(certs, key).context("kubelet serving certificate and key do not match")?;
+    let mut config = builder.with_cert_resolver(identity);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
 impl KubeletServer {
-    /// Binds the port and loads the TLS material; `names` go into a generated certificate.
-    pub async fn bind(cfg: &KubeletConfig, names: &[String]) -> Result<KubeletServer> {
-        let tls = tls_config(cfg, names)?;
+    /// Binds the port and loads the TLS material: `initial` (a certificate vks obtained), else
+    /// the configured files, else a self-signed certificate for `names`.
+    pub async fn bind(
+        cfg: &KubeletConfig,
+        names: &[String],
+        initial: Option<&crate::join::files::KeyPairPem>,
+    ) -> Result<KubeletServer> {
+        let (certs, key) = match initial {
+            Some(pair) => pair.to_der().map_err(|e| anyhow::anyhow!("the stored serving certificate: {e}"))?,
+            None => key_pair(cfg, names)?,
+        };
+        let identity = Arc::new(ServingIdentity::new(certs, key)?);
+        let tls = tls_config(cfg, identity.clone())?;
         let addr = SocketAddr::new(cfg.address, cfg.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the kubelet API to {addr}"))?;
-        Ok(KubeletServer { listener, acceptor: TlsAcceptor::from(Arc::new(tls)) })
+        Ok(KubeletServer { listener, acceptor: TlsAcceptor::from(Arc::new(tls)), identity })
+    }
+
+    /// The serving certificate, to replace it while serving.
+    pub fn identity(&self) -> Arc<ServingIdentity> {
+        self.identity.clone()
     }
 
     /// The bound address.

@@ -33,6 +33,9 @@ pub struct NodeAgent {
     id: NodeIdentity,
     systemd: Arc<dyn Systemd>,
     health: Arc<ApiHealth>,
+    /// This machine's node-password hash, when it joined with a token: the Node carries it in
+    /// the `vks.io/node-password-hash` annotation, and a Node with another hash is refused.
+    password_hash: Option<String>,
 }
 
 /// One reading of everything the status is made of.
@@ -51,7 +54,23 @@ impl NodeAgent {
         systemd: Arc<dyn Systemd>,
         health: Arc<ApiHealth>,
     ) -> NodeAgent {
-        NodeAgent { nodes: Api::all(client), config, id, systemd, health }
+        NodeAgent { nodes: Api::all(client), config, id, systemd, health, password_hash: None }
+    }
+
+    /// Registers the Node as owned by the machine with this node-password hash.
+    pub fn with_password_hash(mut self, hash: Option<String>) -> NodeAgent {
+        self.password_hash = hash;
+        self
+    }
+
+    /// Refuses a Node registered by another machine (see [`crate::join::claim_node`]).
+    fn check_owner(&self, node: &Node) -> Result<()> {
+        match &self.password_hash {
+            Some(hash) if crate::join::owner(Some(node), hash) == crate::join::Owner::Other => {
+                Err(crate::join::JoinError::NodeNameTaken { node: self.id.name.clone() }.into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The node's name.
@@ -91,8 +110,10 @@ impl NodeAgent {
             match self.try_register().await {
                 Ok(node) => {
                     self.health.ok();
+                    self.check_owner(&node)?;
                     return Ok(node);
                 }
+                Err(e) if e.downcast_ref::<crate::join::JoinError>().is_some() => return Err(e),
                 Err(e) => self.health.report(&format!("registering node {}", self.id.name), &e),
             }
             tokio::select! {
@@ -106,7 +127,11 @@ impl NodeAgent {
         let observed = self.observe().await?;
         match self.nodes.get_opt(&self.id.name).await? {
             None => {
-                let node = status::new_node(&self.config, &self.id, &observed.facts, self.status(&observed, None));
+                let mut node = status::new_node(&self.config, &self.id, &observed.facts, self.status(&observed, None));
+                if let Some(hash) = &self.password_hash {
+                    node.metadata.annotations =
+                        Some([(crate::join::files::PASSWORD_HASH_ANNOTATION.to_owned(), hash.clone())].into());
+                }
                 match self.nodes.create(&PostParams::default(), &node).await {
                     Ok(created) => {
                         log::info!(node = self.id.name.as_str(); "registered node {}", self.id.name);
@@ -117,6 +142,17 @@ impl NodeAgent {
                 }
             }
             Some(existing) => {
+                self.check_owner(&existing)?;
+                if let Some(hash) = &self.password_hash
+                    && crate::join::owner(Some(&existing), hash) == crate::join::Owner::Unclaimed
+                {
+                    let annotation = crate::join::files::PASSWORD_HASH_ANNOTATION;
+                    let patch = serde_json::json!({ "metadata": { "annotations": { annotation: hash } } });
+                    self.nodes
+                        .patch(&self.id.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .with_context(|| format!("annotating Node {} with its node-password hash", self.id.name))?;
+                }
                 let labels = status::node_labels(&self.config, &observed.facts);
                 let current = existing.metadata.labels.clone().unwrap_or_default();
                 if labels.iter().any(|(k, v)| current.get(k) != Some(v)) {

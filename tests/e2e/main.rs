@@ -8,5 +8,6 @@
 mod debs;
 mod images;
 mod node;
+mod package;
 mod pods;
 mod support;

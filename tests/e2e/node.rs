@@ -216,8 +216,21 @@ async fn unreachable_api_server_at_start_delays_ready_but_not_the_process() {
     let node = Node::up("noapi");
     // Point vks at a port nothing listens on.
     node.exec(&["systemctl", "stop", "vks"]);
-    node.sh("sed 's#server: https://127.0.0.1:6443#server: https://127.0.0.1:1#' /etc/vks/kubeconfig > /etc/vks/kubeconfig.bad");
-    node.write_config(&node.config().replace("/etc/vks/kubeconfig\"", "/etc/vks/kubeconfig.bad\""));
+    node.sh("sed 's#server: \"*https://127.0.0.1:6443\"*#server: https://127.0.0.1:1#' /etc/vks/kubeconfig > /etc/vks/kubeconfig.bad");
+    // Use that kubeconfig as is (the node joined with a token: drop the join settings).
+    let joined = node.config();
+    let bad: String = joined
+        .lines()
+        .filter(|l| !l.starts_with("server = ") && !l.starts_with("token = ") && !l.starts_with("kubeconfig = "))
+        .map(|l| {
+            if l == "[cluster]" {
+                "[cluster]\nkubeconfig = \"/etc/vks/kubeconfig.bad\"\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    node.write_config(&bad);
     node.exec(&["systemctl", "start", "--no-block", "vks"]);
     wait_for("vks to report that it is registering", Duration::from_secs(20), async || {
         let s = node.unit_prop("vks", "StatusText");
@@ -237,7 +250,7 @@ async fn unreachable_api_server_at_start_delays_ready_but_not_the_process() {
     let log = node.vks_journal();
     assert_eq!(log.matches("API server unreachable").count(), 1, "one line per outage, not per retry:\n{log}");
     // Back to the right kubeconfig: vks becomes ready.
-    node.write_config(&node.config().replace("/etc/vks/kubeconfig.bad\"", "/etc/vks/kubeconfig\""));
+    node.write_config(&joined);
     node.exec(&["systemctl", "restart", "vks"]);
     assert_eq!(node.unit_prop("vks", "ActiveState"), "active");
 }

@@ -145,6 +145,26 @@ impl Node {
         node
     }
 
+    /// Boots a node named after `test` without vks (`VKS_NODE_NO_VKS=1`): a stock Debian
+    /// machine on which a test installs the package itself.
+    pub fn bare(test: &str) -> Node {
+        let name = node_name(test);
+        let out = run(Command::new(repo().join("k3s/node"))
+            .args(["up", &name])
+            .env("VKS_NODE_NO_VKS", "1")
+            .env("VKS_NODE_OWNER", std::process::id().to_string()));
+        let node = Node { name };
+        assert!(out.status.success(), "k3s/node up {} failed:\n{}", node.name, text(&out.stderr));
+        node
+    }
+
+    /// The node's root file system seen from the host (`/proc/<pid>/root`): writes land in the
+    /// node's overlay.
+    pub fn root(&self) -> PathBuf {
+        let pid = check(Command::new(repo().join("k3s/node")).args(["pid", &self.name]));
+        PathBuf::from(format!("/proc/{}/root", pid.trim()))
+    }
+
     /// Runs a command inside the node; returns the output whatever the exit status.
     pub fn exec_output(&self, args: &[&str]) -> Output {
         run(Command::new(repo().join("k3s/node")).arg("exec").arg(&self.name).args(args))

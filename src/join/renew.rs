@@ -1,0 +1,191 @@
+//! Keeping the node's certificates fresh while vks runs, without a restart.
+//!
+//! - The client certificate is renewed with the node's own credentials (a
+//!   `kube-apiserver-client-kubelet` CSR, auto-approved for `system:nodes` by the
+//!   controller-manager), the kubeconfig is replaced atomically and the API clients are rebuilt
+//!   from it ([`crate::api::Clients::reload`]).
+//! - The serving certificate is requested with a `kubernetes.io/kubelet-serving` CSR (approved by
+//!   the cluster operator, as for the kubelet) and swapped into the kubelet API's TLS resolver.
+//!   Until it is issued, the kubelet API serves the self-signed certificate made at start-up.
+//!
+//! Renewal happens at a point between 70 % and 90 % of a certificate's lifetime (fixed per
+//! certificate, derived from its serial, so that nodes do not renew all at once), as the
+//! kubelet's certificate manager does. Errors are logged and retried with capped back-off.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::files::{self, CertInfo, KeyPairPem};
+use super::{JoinError, Settings, csr};
+use crate::api::{Backoff, Clients};
+use crate::kubelet_api::ServingIdentity;
+
+/// When `cert` should be renewed: 70–90 % into its lifetime.
+pub fn renew_at(cert: &CertInfo) -> SystemTime {
+    let lifetime = cert.not_after.duration_since(cert.not_before).unwrap_or_default();
+    let seed = Sha256::digest(cert.serial.as_bytes())[0];
+    let fraction = 0.7 + 0.2 * f64::from(seed) / 255.0;
+    cert.not_before + lifetime.mul_f64(fraction)
+}
+
+/// Whether `cert` is due for renewal (or expired).
+pub fn due(cert: &CertInfo) -> bool {
+    SystemTime::now() >= renew_at(cert)
+}
+
+/// A time for log messages (RFC 3339, UTC).
+pub fn show_time(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_second(secs as i64).map(|t| t.to_string()).unwrap_or_else(|_| format!("{secs}s"))
+}
+
+/// How long a renewal waits for its CSR.
+const RENEW_CSR_WAIT: Duration = Duration::from_secs(300);
+/// How long one serving CSR may wait for approval before a new one is made.
+const SERVING_CSR_WAIT: Duration = Duration::from_secs(900);
+/// Never sleep longer than this between checks.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Renews the client certificate with the node's current credentials and rewrites the
+/// kubeconfig (same server and CA).
+pub async fn renew_client(s: &Settings) -> Result<(), JoinError> {
+    let text = std::fs::read_to_string(&s.kubeconfig).map_err(|source| files::FileError {
+        what: "reading",
+        path: s.kubeconfig.clone(),
+        source,
+    })?;
+    let creds = files::read_kubeconfig(&s.kubeconfig).map_err(JoinError::Protocol)?;
+    let ca = creds.ca_pem.clone().ok_or_else(|| {
+        JoinError::Protocol(format!("kubeconfig {} has no CA for the server", s.kubeconfig.display()))
+    })?;
+    let client = super::client_from_kubeconfig_text(&text).await?;
+    let key = csr::new_key()?;
+    let request = csr::request(csr::Kind::Client, &s.node, &[], &key)?;
+    let certs_pem =
+        csr::submit_and_wait(&client, &s.server, csr::Kind::Client, &s.node, &request, Some(RENEW_CSR_WAIT)).await?;
+    let renewed = KeyPairPem { certs_pem, key_pem: csr::key_pem(&key) };
+    let leaf = renewed.leaf().map_err(JoinError::Protocol)?;
+    let text = files::render_kubeconfig(&s.server, &ca, &renewed, &s.user()).map_err(JoinError::Protocol)?;
+    files::write_private(&s.kubeconfig, text.as_bytes())?;
+    log::info!(node = s.node.as_str(); "renewed the client certificate of node {} (valid until {})", s.node, show_time(leaf.not_after));
+    Ok(())
+}
+
+/// The serving certificate vks obtained earlier, if it is still valid.
+pub fn stored_serving(s: &Settings) -> Option<(KeyPairPem, CertInfo)> {
+    let pair = KeyPairPem::read_combined(&s.serving_path()).ok()?;
+    let leaf = pair.leaf().ok()?;
+    (leaf.valid_now() && leaf.common_name == s.user()).then_some((pair, leaf))
+}
+
+/// Requests a serving certificate with the node's credentials and stores it.
+async fn request_serving(s: &Settings, client: &kube::Client) -> Result<(KeyPairPem, CertInfo), JoinError> {
+    let key = csr::new_key()?;
+    let request = csr::request(csr::Kind::Serving, &s.node, &s.ips, &key)?;
+    let certs_pem =
+        csr::submit_and_wait(client, &s.server, csr::Kind::Serving, &s.node, &request, Some(SERVING_CSR_WAIT)).await?;
+    let pair = KeyPairPem { certs_pem, key_pem: csr::key_pem(&key) };
+    let leaf = pair.leaf().map_err(JoinError::Protocol)?;
+    pair.write_combined(&s.serving_path())?;
+    log::info!(node = s.node.as_str(); "obtained the serving certificate of node {} (valid until {})", s.node, show_time(leaf.not_after));
+    Ok((pair, leaf))
+}
+
+/// Keeps both certificates fresh until `cancel` fires. `serving` is `None` when the operator
+/// configured the serving certificate (`kubelet.tls_cert_file`): vks then leaves it alone.
+pub async fn maintain(s: Settings, clients: Clients, serving: Option<Arc<ServingIdentity>>, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_secs(300));
+    let mut installed: Option<String> = None;
+    loop {
+        let round = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = round(&s, &clients, serving.as_deref(), &mut installed) => r,
+        };
+        let delay = match round {
+            Ok(d) => {
+                backoff.reset();
+                d
+            }
+            Err(e) => {
+                log::warn!(node = s.node.as_str(); "certificates of node {}: {e}", s.node);
+                backoff.next_delay()
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One pass: renew what is due, install the serving certificate; returns how long to sleep.
+async fn round(
+    s: &Settings,
+    clients: &Clients,
+    serving: Option<&ServingIdentity>,
+    installed: &mut Option<String>,
+) -> Result<Duration, JoinError> {
+    let creds = files::read_kubeconfig(&s.kubeconfig).map_err(JoinError::Protocol)?;
+    let mut leaf = creds.client.leaf().map_err(JoinError::Protocol)?;
+    if due(&leaf) {
+        renew_client(s).await?;
+        clients.reload().await.map_err(|e| JoinError::Protocol(format!("reloading the API clients: {e:#}")))?;
+        let creds = files::read_kubeconfig(&s.kubeconfig).map_err(JoinError::Protocol)?;
+        leaf = creds.client.leaf().map_err(JoinError::Protocol)?;
+    }
+    let mut next = renew_at(&leaf);
+    if let Some(identity) = serving {
+        let (pair, info) = match stored_serving(s).filter(|(_, info)| !due(info)) {
+            Some(p) => p,
+            None => request_serving(s, &clients.requests).await?,
+        };
+        if installed.as_deref() != Some(info.serial.as_str()) {
+            identity.set(&pair).map_err(JoinError::Protocol)?;
+            log::info!(node = s.node.as_str(); "kubelet API now serves certificate {} issued by {}", info.serial, info.issuer);
+            *installed = Some(info.serial.clone());
+        }
+        next = next.min(renew_at(&info));
+    }
+    let sleep = next.duration_since(SystemTime::now()).unwrap_or_default();
+    Ok(sleep.clamp(Duration::from_secs(1), MAX_SLEEP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn info(serial: &str, from: u64, to: u64) -> CertInfo {
+        CertInfo {
+            common_name: "system:node:n1".into(),
+            organizations: vec![],
+            issuer: "CN=ca".into(),
+            serial: serial.into(),
+            not_before: UNIX_EPOCH + Duration::from_secs(from),
+            not_after: UNIX_EPOCH + Duration::from_secs(to),
+            sans: vec![],
+        }
+    }
+
+    #[test]
+    fn renewal_is_between_70_and_90_percent_of_the_lifetime() {
+        for serial in ["01", "ab:cd", "7f", "ff:ee:dd"] {
+            let c = info(serial, 1000, 2000);
+            let at = renew_at(&c).duration_since(UNIX_EPOCH).unwrap().as_secs();
+            assert!((1700..=1900).contains(&at), "{serial}: {at}");
+            assert_eq!(renew_at(&c), renew_at(&c), "stable");
+        }
+        assert!(due(&info("01", 0, 10)), "long past");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(!due(&info("01", now - 10, now + 1_000_000)), "fresh");
+        assert!(due(&info("01", now - 1_000_000, now + 10)), "near expiry");
+    }
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(show_time(UNIX_EPOCH + Duration::from_secs(86_400)), "1970-01-02T00:00:00Z");
+    }
+}
