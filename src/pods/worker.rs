@@ -34,6 +34,8 @@ const CREATE_RETRY: Duration = Duration::from_secs(10);
 const CALL_RETRY: Duration = Duration::from_secs(2);
 /// How long vks waits for systemd to report on a start job before trying again.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a status waits for a run's InvocationID before the unit is read.
+const ID_WAIT: Duration = Duration::from_millis(500);
 /// How long a new pod's first status waits for its containers to start.
 const FIRST_STATUS_HOLD: Duration = Duration::from_secs(1);
 
@@ -246,6 +248,10 @@ pub struct Worker {
     /// A new pod's first status waits this long for its containers to start, so that a pod that
     /// starts at once costs one status write instead of two.
     first_publish_hold: Option<Instant>,
+    /// A run is known from the Service interface's signal but not yet its InvocationID (the
+    /// Unit interface's signal comes separately): publishing waits for it until this time, then
+    /// reads the units once.
+    id_wait: Option<(Instant, bool)>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
 }
@@ -355,6 +361,7 @@ impl Worker {
             last_status: None,
             status_retry: None,
             first_publish_hold,
+            id_wait: None,
             tx: tx.clone(),
             rx,
         };
@@ -411,14 +418,7 @@ impl Worker {
                         // A signal about an earlier run (queued before a restart or a full read)
                         // must not undo what is known about a later one.
                         Some(s) if delta.started_usec.is_some_and(|t| t < s.started_usec) => {}
-                        Some(s) if !delta.incomplete => {
-                            delta.apply(s);
-                            // The Unit interface's signal (with the run's InvocationID) may come
-                            // after the Service one: a run is not shown without its ID.
-                            if s.invocation_id.is_empty() && (s.main_pid != 0 || s.exit_kind != ExitKind::None) {
-                                c.stale = true;
-                            }
-                        }
+                        Some(s) if !delta.incomplete => delta.apply(s),
                         _ => c.stale = true,
                     }
                     // The Service interface says when a run began or ended (the Unit interface's
@@ -506,6 +506,7 @@ impl Worker {
         }
         wake.extend(self.status_retry);
         wake.extend(self.first_publish_hold);
+        wake.extend(self.id_wait.map(|(at, _)| at));
         wake.into_iter().min()
     }
 
@@ -1062,6 +1063,35 @@ impl Worker {
             return Flow::Continue;
         }
         self.status_retry = None;
+        // A container id is never published missing for a run that has one.
+        let now = Instant::now();
+        let missing_id: Vec<usize> = (0..self.ctrs.len())
+            .filter(|&i| {
+                self.ctrs[i]
+                    .unit_status
+                    .as_ref()
+                    .is_some_and(|s| s.invocation_id.is_empty() && (s.main_pid != 0 || s.exit_kind != ExitKind::None))
+            })
+            .collect();
+        if missing_id.is_empty() {
+            self.id_wait = None;
+        } else {
+            match self.id_wait {
+                None => {
+                    self.id_wait = Some((now + ID_WAIT, false));
+                    return Flow::Continue;
+                }
+                Some((at, _)) if now < at => return Flow::Continue,
+                Some((_, false)) => {
+                    for i in missing_id {
+                        self.ctrs[i].stale = true;
+                    }
+                    self.id_wait = Some((now, true));
+                    return Flow::Continue;
+                }
+                Some((_, true)) => self.id_wait = None,
+            }
+        }
         let views = self.views();
         if let Some(hold) = self.first_publish_hold {
             let settled = views.iter().all(|v| !matches!(v.state, CState::Waiting { ref reason, .. } if reason == "ContainerCreating" || reason == "PodInitializing"));
