@@ -193,6 +193,12 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Writes Packages, Release and a signed InRelease; returns the keyring.
 fn sign_repo(dir: &Path, repo: &Path) -> PathBuf {
     let gnupg = dir.join("gnupg");
