@@ -162,17 +162,7 @@ async fn sd_notify_ready_status_watchdog_and_clean_stop() {
     .await;
 
     // SIGTERM: STOPPING=1, then a clean exit. systemd logs notification messages at debug level.
-    node.exec(&["systemd-analyze", "log-level", "debug"]);
-    node.exec(&["systemctl", "stop", "vks"]);
-    node.exec(&["systemd-analyze", "log-level", "info"]);
-    assert_eq!(node.unit_prop("vks", "ActiveState"), "inactive");
-    assert_eq!(node.unit_prop("vks", "Result"), "success");
-    assert_eq!(node.unit_prop("vks", "ExecMainStatus"), "0");
-    let journal = node.exec(&["journalctl", "--no-pager", "-o", "cat"]);
-    assert!(
-        journal.lines().any(|l| l.contains("vks.service: Got notification message") && l.contains("STOPPING=1")),
-        "no STOPPING=1 notification in the journal"
-    );
+    node.stop_vks_cleanly();
     let vks_log = node.vks_journal();
     assert!(vks_log.contains("received SIGTERM") && vks_log.contains("shutting down"), "{vks_log}");
 }

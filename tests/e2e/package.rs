@@ -217,16 +217,7 @@ async fn apt_install_join_ready_stop_and_purge() {
     assert!(log.contains(&format!("node {} joined {SERVER}", node.name)), "{log}");
 
     // A clean stop: STOPPING=1, exit 0.
-    node.exec(&["systemd-analyze", "log-level", "debug"]);
-    node.exec(&["systemctl", "stop", "vks"]);
-    node.exec(&["systemd-analyze", "log-level", "info"]);
-    assert_eq!(node.unit_prop("vks", "Result"), "success");
-    assert_eq!(node.unit_prop("vks", "ExecMainStatus"), "0");
-    let journal = node.exec(&["journalctl", "--no-pager", "-o", "cat"]);
-    assert!(
-        journal.lines().any(|l| l.contains("vks.service: Got notification message") && l.contains("STOPPING=1")),
-        "no STOPPING=1 notification in the journal"
-    );
+    node.stop_vks_cleanly();
 
     // A pod whose image is a Debian package, from an apt source configured in [images].
     node.exec(&["systemctl", "start", "vks"]);

@@ -214,6 +214,22 @@ impl Node {
         self.exec(&["cat", "/etc/vks/config.toml"])
     }
 
+    /// `systemctl stop vks` and checks it stopped cleanly: `STOPPING=1` sent (seen in systemd's
+    /// debug log), exit status 0, unit inactive.
+    pub fn stop_vks_cleanly(&self) {
+        self.exec(&["systemd-analyze", "log-level", "debug"]);
+        self.exec(&["systemctl", "stop", "vks"]);
+        self.exec(&["systemd-analyze", "log-level", "info"]);
+        assert_eq!(self.unit_prop("vks", "ActiveState"), "inactive");
+        assert_eq!(self.unit_prop("vks", "Result"), "success");
+        assert_eq!(self.unit_prop("vks", "ExecMainStatus"), "0");
+        let journal = self.exec(&["journalctl", "--no-pager", "-o", "cat"]);
+        assert!(
+            journal.lines().any(|l| l.contains("vks.service: Got notification message") && l.contains("STOPPING=1")),
+            "no STOPPING=1 notification in the journal"
+        );
+    }
+
     /// vks's journal in the node.
     pub fn vks_journal(&self) -> String {
         self.exec(&["journalctl", "-u", "vks", "--no-pager", "-o", "cat"])
