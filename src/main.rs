@@ -37,16 +37,9 @@ fn main() -> ExitCode {
 /// `vks join`: exit 0 when the node has credentials (joined now or before), 1 with the cause
 /// on stderr when the cluster refused or could not be reached.
 fn join(config: Config) -> ExitCode {
-    if let Err(e) = vks::logging::init(config.log.level.filter()) {
-        eprintln!("vks: cannot install the logger: {e}");
-        return ExitCode::FAILURE;
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match logger_and_runtime(&config, false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("vks: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(vks::daemon::join(&config)) {
         Ok(outcome) => {
@@ -55,25 +48,41 @@ fn join(config: Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("vks: join failed: {e:#}");
-            match e.downcast_ref::<vks::join::JoinError>() {
-                Some(j) if !j.is_transient() => ExitCode::from(EXIT_JOIN_REFUSED),
-                _ => ExitCode::FAILURE,
-            }
+            failure_code(&e)
         }
     }
 }
 
-fn run(config: Config) -> ExitCode {
+/// Installs the logger and builds the async runtime (multi-threaded for the daemon).
+fn logger_and_runtime(config: &Config, multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     if let Err(e) = vks::logging::init(config.log.level.filter()) {
         eprintln!("vks: cannot install the logger: {e}");
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("vks: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// A refused join (wrong token, CA hash, node name taken) exits with its own code; anything else
+/// with 1.
+fn failure_code(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<vks::join::JoinError>() {
+        Some(j) if !j.is_transient() => ExitCode::from(EXIT_JOIN_REFUSED),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    let runtime = match logger_and_runtime(&config, true) {
         Ok(r) => r,
-        Err(e) => {
-            log::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -85,10 +94,7 @@ fn run(config: Config) -> ExitCode {
         Err(e) => {
             log::error!("{e:#}");
             eprintln!("vks: {e:#}");
-            match e.downcast_ref::<vks::join::JoinError>() {
-                Some(j) if !j.is_transient() => ExitCode::from(EXIT_JOIN_REFUSED),
-                _ => ExitCode::FAILURE,
-            }
+            failure_code(&e)
         }
     }
 }
