@@ -175,19 +175,7 @@ async fn apt_install_join_ready_stop_and_purge() {
 
     // The serving certificate: vks asked for it; an operator approves; vks serves it.
     let csr = wait_for("a kubelet-serving CSR from the node", Duration::from_secs(30), async || {
-        let out = kubectl(&[
-            "get",
-            "csr",
-            "--no-headers",
-            "--field-selector",
-            "spec.signerName=kubernetes.io/kubelet-serving",
-            "-o",
-            "custom-columns=NAME:.metadata.name,USER:.spec.username",
-        ]);
-        let user = format!("system:node:{}", node.name);
-        out.lines()
-            .find_map(|l| l.split_once(' ').filter(|(_, u)| u.trim() == user).map(|(n, _)| n.to_owned()))
-            .ok_or(out)
+        pending_serving_csrs(&node.name).pop().ok_or_else(|| "none yet".to_owned())
     })
     .await;
     kubectl(&["certificate", "approve", &csr]);
