@@ -99,45 +99,18 @@ impl DebianImages {
         }
     }
 
-    /// What a package offers as an image: its own unit (the default command and settings)
-    /// and its identity.
-    async fn package_info(&self, image: &str, name: &str, version: &str) -> ImageInfo {
-        let mut info = ImageInfo { image_id: format!("deb://{name}={version}"), ..ImageInfo::default() };
-        let units = match self.pm.unit_files(name).await {
-            Ok(u) => u,
-            Err(e) => {
-                info.no_command = Some(format!("the files of package {name} could not be listed: {e}"));
-                return info;
-            }
-        };
-        let preferred = units.iter().find(|u| u.ends_with(&format!("/{name}.service"))).or(units.first());
-        let Some(path) = preferred else {
-            info.no_command = Some(format!("package {name} ships no systemd service to take the command from"));
-            return info;
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                info.no_command = Some(format!("reading {path} of package {name}: {e}"));
-                return info;
-            }
-        };
-        match unitfile::parse(&text) {
-            Ok(s) => {
-                info.entrypoint = vec![s.program];
-                if !s.args.is_empty() {
-                    info.args = vec![Arg::Raw(s.args)];
-                }
-                info.service = s.settings;
-            }
-            Err(e) => info.no_command = Some(format!("the unit {path} of image {image:?} {e}")),
+    /// What an installed package offers as an image, its units listed once: when `kept` is given,
+    /// its units are reported as left alone (the package was installed before vks needed it).
+    async fn present_image(&self, image: &str, name: &str, version: &str, kept: Option<&dyn PullEvents>) -> ImageInfo {
+        let units = self.pm.unit_files(name).await;
+        if let (Ok(units), Some(events)) = (&units, kept) {
+            self.report_kept_units(name, units, events).await;
         }
-        info
+        package_info(image, name, version, units)
     }
 
     /// After vks installed `name`: its own units must not run besides the pod's.
-    async fn take_over_units(&self, name: &str) -> Result<(), String> {
-        let units = self.pm.unit_files(name).await.map_err(|e| e.to_string())?;
+    async fn take_over_units(&self, name: &str, units: &[String]) -> Result<(), String> {
         let names: Vec<String> =
             units.iter().filter_map(|p| Path::new(p).file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
         if names.is_empty() {
@@ -149,10 +122,9 @@ impl DebianImages {
     }
 
     /// For a package that was installed before: say that its units are left alone.
-    async fn report_kept_units(&self, name: &str, events: &dyn PullEvents) {
-        let Ok(units) = self.pm.unit_files(name).await else { return };
+    async fn report_kept_units(&self, name: &str, units: &[String], events: &dyn PullEvents) {
         for path in units {
-            let Some(unit) = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+            let Some(unit) = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
             let state = self.systemd.status(&unit).await.map(|s| (s.load_state, s.active_state));
             if let Ok((load, active)) = state
                 && load != "masked"
@@ -236,9 +208,8 @@ impl DebianImages {
         let installed = self.pm.installed(name).await.map_err(|e| pull_error(image, e))?;
         if policy != "Always" && satisfied(&installed) {
             events.normal("Pulled", format!("Container image {image:?} already present on machine"));
-            self.report_kept_units(name, events).await;
             let v = installed.unwrap_or_default();
-            return Ok(self.package_info(image, name, &v).await);
+            return Ok(self.present_image(image, name, &v, Some(events)).await);
         }
         if policy == "Never" {
             let what = match (&installed, version) {
@@ -262,7 +233,7 @@ impl DebianImages {
         let before = self.pm.installed(name).await.map_err(|e| pull_error(image, e))?;
         if policy != "Always" && satisfied(&before) {
             let v = before.unwrap_or_default();
-            return Ok(self.package_info(image, name, &v).await);
+            return Ok(self.present_image(image, name, &v, None).await);
         }
         events.normal("Pulling", format!("Pulling image {image:?}"));
         let started = Instant::now();
@@ -303,7 +274,7 @@ impl DebianImages {
         {
             drop(state);
             events.normal("Pulled", format!("Container image {image:?} already present on machine"));
-            return Ok(self.package_info(image, &name, &version).await);
+            return Ok(self.present_image(image, &name, &version, None).await);
         }
         if policy == "Never" {
             return Err(never_pull(image, "vks has not installed this .deb"));
@@ -341,12 +312,15 @@ impl DebianImages {
         (asked, started): (Instant, Instant),
         events: &dyn PullEvents,
     ) -> ImageInfo {
-        if fresh {
-            if let Err(e) = self.take_over_units(name).await {
-                log::warn!("package {name}: could not disable and mask its own units: {e}");
+        let units = self.pm.unit_files(name).await;
+        match &units {
+            Ok(u) if fresh => {
+                if let Err(e) = self.take_over_units(name, u).await {
+                    log::warn!("package {name}: could not disable and mask its own units: {e}");
+                }
             }
-        } else {
-            self.report_kept_units(name, events).await;
+            Ok(u) => self.report_kept_units(name, u, events).await,
+            Err(e) => log::warn!("package {name}: listing its units: {e}"),
         }
         events.normal(
             "Pulled",
@@ -356,7 +330,7 @@ impl DebianImages {
                 seconds(asked.elapsed())
             ),
         );
-        self.package_info(image, name, version).await
+        package_info(image, name, version, units)
     }
 
     /// Returns (package, version, whether vks installed it fresh).
@@ -381,6 +355,42 @@ impl DebianImages {
         self.install(state, &target, true).await.map_err(|e| pull_error(image, e.message))?;
         Ok((name, version, before.is_none()))
     }
+}
+
+/// What a package offers as an image: its own unit (the default command and settings) and its
+/// identity. `units` are the service files it ships.
+fn package_info(image: &str, name: &str, version: &str, units: Result<Vec<String>, AptError>) -> ImageInfo {
+    let mut info = ImageInfo { image_id: format!("deb://{name}={version}"), ..ImageInfo::default() };
+    let units = match units {
+        Ok(u) => u,
+        Err(e) => {
+            info.no_command = Some(format!("the files of package {name} could not be listed: {e}"));
+            return info;
+        }
+    };
+    let preferred = units.iter().find(|u| u.ends_with(&format!("/{name}.service"))).or(units.first());
+    let Some(path) = preferred else {
+        info.no_command = Some(format!("package {name} ships no systemd service to take the command from"));
+        return info;
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            info.no_command = Some(format!("reading {path} of package {name}: {e}"));
+            return info;
+        }
+    };
+    match unitfile::parse(&text) {
+        Ok(s) => {
+            info.entrypoint = vec![s.program];
+            if !s.args.is_empty() {
+                info.args = vec![Arg::Raw(s.args)];
+            }
+            info.service = s.settings;
+        }
+        Err(e) => info.no_command = Some(format!("the unit {path} of image {image:?} {e}")),
+    }
+    info
 }
 
 /// A deb822 source file for `s`.
