@@ -261,22 +261,27 @@ async fn init_containers_run_in_order_then_sidecar_then_apps_which_stop_before_t
     let client = client().await;
     let log = "/run/order.log";
     let rec = |what: &str| format!("echo \"{what} $(date +%s%N)\" >> {log}");
+    // When systemd forked this process, in clock ticks since boot (field 22 of stat): unlike
+    // the shell's first `date`, it does not depend on how soon the shell gets the CPU.
+    let forked = |name: &str| format!("echo \"forked {name} $(cut -d' ' -f22 /proc/$$/stat)\" >> {log}");
     let app = |name: &str| {
         sh(
             name,
             &format!(
-                "{}; trap '{}; exit 0' TERM; while :; do sleep 0.1; done",
-                rec(&format!("start {name}")),
-                rec(&format!("stop {name}"))
+                "trap '{}; exit 0' TERM; {}; {}; while :; do sleep 0.1; done",
+                rec(&format!("stop {name}")),
+                forked(name),
+                rec(&format!("start {name}"))
             ),
         )
     };
     let mut sidecar = sh(
         "sidecar",
         &format!(
-            "{}; trap 'sleep 0.3; {}; exit 0' TERM; while :; do sleep 0.1; done",
-            rec("start sidecar"),
-            rec("stop sidecar")
+            "trap 'sleep 0.3; {}; exit 0' TERM; {}; {}; while :; do sleep 0.1; done",
+            rec("stop sidecar"),
+            forked("sidecar"),
+            rec("start sidecar")
         ),
     );
     sidecar["restartPolicy"] = json!("Always");
@@ -304,6 +309,17 @@ async fn init_containers_run_in_order_then_sidecar_then_apps_which_stop_before_t
         assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")), "{i}");
     }
     assert!(container_status(&p, "sidecar").state.clone().unwrap().running.is_some());
+    // Running means the process exists, not that the shell has reached its first line: wait
+    // for every app to have recorded its start before stopping the pod.
+    wait_for("every app to record its start", LONG, async || {
+        let log = node.exec_output(&["cat", log]);
+        let text = String::from_utf8_lossy(&log.stdout);
+        match ["app-a", "app-b", "app-c"].iter().find(|a| !text.contains(&format!("start {a} "))) {
+            None => Ok(()),
+            Some(a) => Err(format!("{a} has not started: {text}")),
+        }
+    })
+    .await;
 
     delete_pod(&client, &ns.name, "ordered", None).await;
     wait_for("the pod to be gone", LONG, async || match get_pod(&client, &ns.name, "ordered").await {
@@ -324,7 +340,7 @@ async fn init_containers_run_in_order_then_sidecar_then_apps_which_stop_before_t
     assert!(at("end init-1") <= at("start init-2"), "{events:?}");
     assert!(at("end init-2") <= at("start sidecar"), "{events:?}");
     for a in ["app-a", "app-b", "app-c"] {
-        assert!(at("start sidecar") <= at(&format!("start {a}")), "{events:?}");
+        assert!(at("forked sidecar") <= at(&format!("forked {a}")), "the sidecar first: {events:?}");
         assert!(at(&format!("stop {a}")) < at("stop sidecar"), "apps stop before the sidecar: {events:?}");
     }
     assert_eq!(events.iter().filter(|(w, _)| w == "start init-1").count(), 1, "init-1 ran once");
