@@ -129,15 +129,13 @@ fn images(config: &Config, systemd: Arc<dyn Systemd>) -> Result<Arc<dyn Images>>
     // not kill dpkg half-way through an install.
     let detach = std::env::var_os("INVOCATION_ID").is_some();
     let apt = Apt { policy_rc_d: policy, timeout: c.install_timeout, lock_timeout: c.lock_timeout, detach };
-    Ok(Arc::new(debian::DebianImages::new(
-        Arc::new(apt),
-        systemd,
-        Some(downloader),
-        c.aliases.clone(),
-        c.apt_sources.clone(),
-        "/etc/apt/sources.list.d".into(),
-        config.paths.state_dir.join("downloads"),
-    )))
+    let settings = debian::Settings {
+        aliases: c.aliases.clone(),
+        sources: c.apt_sources.clone(),
+        sources_dir: "/etc/apt/sources.list.d".into(),
+        download_dir: config.paths.state_dir.join("downloads"),
+    };
+    Ok(Arc::new(debian::DebianImages::new(Arc::new(apt), systemd, Some(downloader), settings)))
 }
 
 /// How long the loops get to finish after a shutdown request.

@@ -42,11 +42,20 @@ pub struct DebianImages {
     pm: Arc<dyn PackageManager>,
     systemd: Arc<dyn Systemd>,
     downloader: Option<Downloader>,
-    aliases: BTreeMap<String, String>,
-    sources: Vec<AptSource>,
-    sources_dir: PathBuf,
-    download_dir: PathBuf,
+    settings: Settings,
     state: Mutex<State>,
+}
+
+/// What `[images]` and the host's layout fix for [`DebianImages`].
+pub struct Settings {
+    /// Image reference → what it stands for (`[images] aliases`).
+    pub aliases: BTreeMap<String, String>,
+    /// Extra apt sources (`[[images.apt_sources]]`).
+    pub sources: Vec<AptSource>,
+    /// Where their files go: `/etc/apt/sources.list.d`.
+    pub sources_dir: PathBuf,
+    /// Where .deb URLs are downloaded to.
+    pub download_dir: PathBuf,
 }
 
 #[derive(Default)]
@@ -76,27 +85,14 @@ fn seconds(d: Duration) -> String {
 }
 
 impl DebianImages {
-    /// Images from `pm`, with the `[images]` aliases and apt sources. Source files go to
-    /// `sources_dir` (`/etc/apt/sources.list.d`), downloads to `download_dir`.
+    /// Images from `pm`, with the aliases, apt sources and directories of `settings`.
     pub fn new(
         pm: Arc<dyn PackageManager>,
         systemd: Arc<dyn Systemd>,
         downloader: Option<Downloader>,
-        aliases: BTreeMap<String, String>,
-        sources: Vec<AptSource>,
-        sources_dir: PathBuf,
-        download_dir: PathBuf,
+        settings: Settings,
     ) -> DebianImages {
-        DebianImages {
-            pm,
-            systemd,
-            downloader,
-            aliases,
-            sources,
-            sources_dir,
-            download_dir,
-            state: Mutex::new(State::default()),
-        }
+        DebianImages { pm, systemd, downloader, settings, state: Mutex::new(State::default()) }
     }
 
     /// What an installed package offers as an image, its units listed once: when `kept` is given,
@@ -146,8 +142,8 @@ impl DebianImages {
     fn sync_sources(&self) -> Result<bool, String> {
         let mut changed = false;
         let mut wanted = Vec::new();
-        for s in &self.sources {
-            let file = self.sources_dir.join(format!("{SOURCE_PREFIX}{}.sources", s.name));
+        for s in &self.settings.sources {
+            let file = self.settings.sources_dir.join(format!("{SOURCE_PREFIX}{}.sources", s.name));
             let text = render_source(s);
             if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
                 crate::host::write_atomic(&file, text.as_bytes(), 0o644)
@@ -157,7 +153,7 @@ impl DebianImages {
             }
             wanted.push(file);
         }
-        if let Ok(dir) = std::fs::read_dir(&self.sources_dir) {
+        if let Ok(dir) = std::fs::read_dir(&self.settings.sources_dir) {
             for entry in dir.flatten() {
                 let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -284,10 +280,10 @@ impl DebianImages {
         };
         events.normal("Pulling", format!("Pulling image {image:?}"));
         let started = Instant::now();
-        if let Err(e) = std::fs::create_dir_all(&self.download_dir) {
-            return Err(pull_error(image, format!("creating {}: {e}", self.download_dir.display())));
+        if let Err(e) = std::fs::create_dir_all(&self.settings.download_dir) {
+            return Err(pull_error(image, format!("creating {}: {e}", self.settings.download_dir.display())));
         }
-        let file = super::download::temp_path(&self.download_dir);
+        let file = super::download::temp_path(&self.settings.download_dir);
         let result = self.download_and_install(&mut state, image, url, sha256, downloader, &file).await;
         let _ = std::fs::remove_file(&file);
         let result = match result {
@@ -419,7 +415,7 @@ pub fn render_source(s: &AptSource) -> String {
 #[async_trait]
 impl Images for DebianImages {
     async fn ensure(&self, image: &str, pull_policy: &str, events: &dyn PullEvents) -> Result<ImageInfo, ImageError> {
-        let target = self.aliases.get(image).map_or(image, String::as_str);
+        let target = self.settings.aliases.get(image).map_or(image, String::as_str);
         match reference::parse(target)? {
             ImageRef::Path(p) => resolve_path_image(&p),
             ImageRef::Package { name, version } => {
@@ -453,7 +449,13 @@ mod tests {
 
     fn images(apt: Arc<FakeApt>, sd: Arc<FakeSystemd>, dir: &Path) -> DebianImages {
         let aliases = BTreeMap::from([("busybox:1.36".to_owned(), "tool".to_owned())]);
-        DebianImages::new(apt, sd, None, aliases, Vec::new(), dir.join("sources"), dir.join("downloads"))
+        let settings = Settings {
+            aliases,
+            sources: Vec::new(),
+            sources_dir: dir.join("sources"),
+            download_dir: dir.join("downloads"),
+        };
+        DebianImages::new(apt, sd, None, settings)
     }
 
     fn tmp(name: &str) -> PathBuf {
@@ -574,7 +576,7 @@ mod tests {
             architectures: vec![],
         };
         let mut imgs = images(Arc::new(FakeApt::default()), Arc::new(FakeSystemd::new()), &dir);
-        imgs.sources = vec![src];
+        imgs.settings.sources = vec![src];
         assert!(imgs.sync_sources().unwrap());
         assert!(!imgs.sync_sources().unwrap(), "unchanged the second time");
         let text = std::fs::read_to_string(dir.join("sources/vks-internal.sources")).unwrap();
