@@ -637,15 +637,21 @@ impl Section {
         out
     }
 
-    fn apt_sources(&mut self, key: &str, errs: &mut Errors) -> Vec<AptSource> {
-        let items = match self.get(key) {
-            None => return Vec::new(),
+    /// The items of the array at `key` (none when absent); anything else is an error saying
+    /// what was `expected`.
+    fn array(&mut self, key: &str, expected: &str, errs: &mut Errors) -> Vec<Value> {
+        match self.get(key) {
+            None => Vec::new(),
             Some(Value::Array(a)) => a,
             Some(other) => {
-                errs.push(format!("{}: expected [[{}]] tables, got {}", self.key(key), self.key(key), show(&other)));
-                return Vec::new();
+                errs.push(format!("{}: expected {expected}, got {}", self.key(key), show(&other)));
+                Vec::new()
             }
-        };
+        }
+    }
+
+    fn apt_sources(&mut self, key: &str, errs: &mut Errors) -> Vec<AptSource> {
+        let items = self.array(key, &format!("[[{}]] tables", self.key(key)), errs);
         let mut out: Vec<AptSource> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             let Value::Table(t) = item else {
@@ -753,18 +759,7 @@ impl Section {
     }
 
     fn taints(&mut self, key: &str, errs: &mut Errors) -> Vec<Taint> {
-        let items = match self.get(key) {
-            None => return Vec::new(),
-            Some(Value::Array(a)) => a,
-            Some(other) => {
-                errs.push(format!(
-                    "{}: expected an array of \"key[=value]:Effect\" strings, got {}",
-                    self.key(key),
-                    show(&other)
-                ));
-                return Vec::new();
-            }
-        };
+        let items = self.array(key, "an array of \"key[=value]:Effect\" strings", errs);
         let mut out = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             match item {
