@@ -11,6 +11,9 @@
 //! and CPU seconds, and API requests per pod (vks counts its own requests and shows the total in
 //! its systemd status line). Figures, not pass/fail.
 
+// These tests measure real elapsed time against real processes: std's clock is the right one.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -23,9 +23,11 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod fsutil;
 pub mod host;
 pub mod images;
 pub mod join;
@@ -34,7 +36,24 @@ pub mod logging;
 pub mod node;
 pub mod notify;
 pub mod pods;
+pub mod policy;
 pub mod quantity;
+pub mod reason;
 pub mod shutdown;
 pub mod systemd;
 pub mod unit;
+
+/// A fault-injection point for end-to-end tests: with the `failpoints` feature (never in the
+/// packaged binary) it is a `fail::fail_point!` configured through the `FAILPOINTS` environment
+/// variable; without it, nothing.
+#[macro_export]
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+    ($name:literal, $e:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, $e);
+    };
+}

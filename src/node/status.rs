@@ -224,6 +224,7 @@ pub fn node_status(
             os_image: facts.os_image.clone(),
             system_uuid: facts.system_uuid.clone(),
             swap: None,
+            running_in_user_namespace: None,
         }),
         ..NodeStatus::default()
     }

@@ -5,6 +5,9 @@
 //! cluster and runs them with `--ignored`. Each test boots its own node(s), so they can run in
 //! parallel; tests that disturb the whole cluster live in `tests/e2e_exclusive/`.
 
+// These tests measure real elapsed time against real processes: std's clock is the right one.
+#![allow(clippy::disallowed_methods)]
+
 mod debs;
 mod images;
 mod node;

@@ -1,6 +1,9 @@
 //! End-to-end tests that disturb the whole cluster (they stop the API server), so `tests/run`
 //! runs them alone, after the parallel suite in `tests/e2e/`.
 
+// These tests measure real elapsed time against real processes: std's clock is the right one.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../e2e/support.rs"]
 mod support;
 
