@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::{Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -106,6 +107,36 @@ async fn inner_clients(path: &Path, sent: &Arc<AtomicU64>) -> Result<(kube::Clie
     let requests =
         counting_client(config, sent).with_context(|| format!("building an API client from {}", path.display()))?;
     Ok((requests, watches))
+}
+
+/// Which pod: its namespace and name, and the UID that tells it from a later pod of the same
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+}
+
+impl PodRef {
+    /// The reference of a pod object.
+    pub fn of(pod: &k8s_openapi::api::core::v1::Pod) -> PodRef {
+        let m = &pod.metadata;
+        PodRef {
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone().unwrap_or_default(),
+            uid: m.uid.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// Whether the API server answered the last request, shared by every loop that talks to it.

@@ -5,16 +5,29 @@
 //! then the Node is registered (retried until it works); only then `READY=1`. On shutdown the
 //! loops are cancelled together and given a few seconds to finish. Pods keep running: their
 //! units belong to systemd, not to vks.
+//!
+//! Supervision: every long-running loop is a named task of one [`Tasks`] set and beats its own
+//! heartbeat (see [`crate::notify`]). A loop that ends or panics while vks is not shutting down
+//! is a failure of the whole daemon: vks logs which one, stops the others and exits non-zero, and
+//! systemd restarts it (`Restart=on-failure`); the new vks adopts the running pods untouched. A
+//! loop that hangs stops its heartbeat, so the watchdog pings stop and systemd restarts vks the
+//! same way. A node is never left Ready with a dead loop behind it.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiHealth};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::host;
 use crate::images::Images;
@@ -22,7 +35,8 @@ use crate::join;
 use crate::kubelet_api::KubeletServer;
 use crate::node::lease::LeaseKeeper;
 use crate::node::{NodeAgent, NodeIdentity};
-use crate::notify::{self, Liveness};
+use crate::notify::{self, Heartbeats};
+use crate::pods::api::KubePodApi;
 use crate::pods::{PodManager, Shared};
 use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::{Systemd, UNIT_DIR};
@@ -35,11 +49,11 @@ async fn status_line(
     clients: api::Clients,
     health: Arc<ApiHealth>,
     cancel: CancellationToken,
-) {
+) -> Result<()> {
     let mut last = String::new();
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         let api = if health.is_down() { "; API server unreachable" } else { "" };
@@ -112,7 +126,7 @@ fn images(config: &Config, systemd: Arc<dyn Systemd>) -> Result<Arc<dyn Images>>
     let downloader = Downloader::new(c.download_timeout, c.download_max_size, c.download_ca_file.as_deref())
         .context("setting up the https client for .deb images")?;
     let policy = config.paths.state_dir.join("policy-rc.d");
-    host::write_atomic(&policy, debian::POLICY_RC_D.as_bytes(), 0o755)
+    crate::fsutil::write_atomic(&policy, debian::POLICY_RC_D.as_bytes(), 0o755)
         .with_context(|| format!("writing {}", policy.display()))?;
     match std::fs::read_to_string("/usr/sbin/policy-rc.d") {
         Ok(t) if t.contains("POLICYRCD") => {}
@@ -140,6 +154,54 @@ fn images(config: &Config, systemd: Arc<dyn Systemd>) -> Result<Arc<dyn Images>>
 
 /// How long the loops get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long each loop may go without a heartbeat before the watchdog is starved. Each is well
+/// above the loop's own period plus its slowest call (API requests time out after 30 s).
+const LIMIT_POD_MANAGER: Duration = Duration::from_secs(30);
+const LIMIT_DBUS: Duration = Duration::from_secs(45);
+const LIMIT_NODE_STATUS: Duration = Duration::from_secs(120);
+const LIMIT_LEASE: Duration = Duration::from_secs(120);
+const LIMIT_KUBELET_API: Duration = Duration::from_secs(30);
+const LIMIT_RENEWAL: Duration = Duration::from_secs(60);
+
+/// The daemon's long-running loops, by name. Any of them ending before shutdown is a failure.
+struct Tasks {
+    set: JoinSet<(&'static str, Result<()>)>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn new() -> Tasks {
+        Tasks { set: JoinSet::new(), names: Default::default() }
+    }
+
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = Result<()>> + Send + 'static) {
+        let h = self.set.spawn(async move { (name, task.await) });
+        self.names.insert(h.id(), name);
+    }
+
+    /// Waits until `shutdown` fires (Ok) or a task ends or panics first (the error says which).
+    async fn until_shutdown_or_failure(&mut self, shutdown: &CancellationToken) -> Result<()> {
+        tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            Some(done) = self.set.join_next_with_id() => Err(match done {
+                Ok((_, (name, Ok(())))) => anyhow::anyhow!("the {name} loop ended unexpectedly"),
+                Ok((_, (name, Err(e)))) => e.context(format!("the {name} loop failed")),
+                Err(e) => {
+                    let name = self.names.get(&e.id()).copied().unwrap_or("unknown");
+                    anyhow::anyhow!("the {name} loop panicked: {e}")
+                }
+            }),
+        }
+    }
+
+    /// Gives the tasks [`SHUTDOWN_GRACE`] to finish after cancellation.
+    async fn drain(&mut self) {
+        if tokio::time::timeout(SHUTDOWN_GRACE, async { while self.set.join_next().await.is_some() {} }).await.is_err()
+        {
+            log::warn!("some tasks did not finish within {}s; exiting anyway", SHUTDOWN_GRACE.as_secs());
+        }
+    }
+}
 
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -170,8 +232,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
 
     notify::status("connecting to systemd");
-    let systemd: Arc<dyn Systemd> =
+    let dbus =
         Arc::new(DbusSystemd::connect(None, Path::new(UNIT_DIR)).await.context("connecting to systemd over D-Bus")?);
+    let systemd: Arc<dyn Systemd> = dbus.clone();
     let version = systemd.version().await.context("reading systemd's version")?;
     log::info!("systemd {version} reachable over D-Bus");
 
@@ -202,53 +265,68 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         Err(e) => return Err(e),
     }
 
-    let liveness = Liveness::default();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(server.serve(shutdown.clone()));
-    tasks.spawn(LeaseKeeper::new(client.clone(), &id.name, health.clone()).run(shutdown.clone()));
+    let beats = Heartbeats::default();
+    let mut tasks = Tasks::new();
+    // Every loop stops on `cancel`: the shutdown token, or a failure of another loop.
+    let cancel = shutdown.child_token();
     {
-        let (agent, cancel, liveness) = (agent.clone(), shutdown.clone(), liveness.clone());
-        tasks.spawn(async move { agent.status_loop(cancel, move || liveness.tick()).await });
+        let (dbus, hb, c) = (dbus.clone(), beats.register("D-Bus", LIMIT_DBUS), cancel.clone());
+        tasks.spawn("D-Bus", async move { dbus.keep_connected(hb, c).await });
+    }
+    tasks.spawn("kubelet API", server.serve(beats.register("kubelet API", LIMIT_KUBELET_API), cancel.clone()));
+    tasks.spawn(
+        "lease",
+        LeaseKeeper::new(client.clone(), &id.name, health.clone())
+            .run(beats.register("lease", LIMIT_LEASE), cancel.clone()),
+    );
+    {
+        let (agent, hb, c) = (agent.clone(), beats.register("node status", LIMIT_NODE_STATUS), cancel.clone());
+        tasks.spawn("node status", async move { agent.status_loop(hb, c).await });
     }
     if let Some(settings) = joining {
         let serving = managed_serving.then_some(serving_identity);
-        tasks.spawn(join::renew::maintain(settings, clients.clone(), serving, shutdown.clone()));
+        let hb = beats.register("certificate renewal", LIMIT_RENEWAL);
+        tasks.spawn(
+            "certificate renewal",
+            join::renew::maintain(settings, clients.clone(), serving, hb, cancel.clone()),
+        );
     }
-    tasks.spawn(notify::watchdog(liveness, crate::node::STATUS_INTERVAL * 6, shutdown.clone()));
+    tasks.spawn("watchdog", notify::watchdog(beats.clone(), cancel.clone()));
 
-    let (events, event_task) = crate::events::EventSink::new(client.clone(), &id.name, shutdown.clone());
-    tasks.spawn(event_task);
-    let shared = Arc::new(Shared {
-        client: client.clone(),
-        watch_client: clients.watches.clone(),
-        systemd: systemd.clone(),
+    let (events, event_task) = crate::events::EventSink::new(client.clone(), &id.name, cancel.clone());
+    tasks.spawn("events", event_task);
+    let shared = Arc::new(Shared::new(
+        Arc::new(KubePodApi::new(client.clone())),
+        Arc::new(events),
+        systemd.clone(),
         images,
-        node: NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
-        pod_dir: config.paths.pod_dir.clone(),
-        owners: Default::default(),
-        released: Default::default(),
-        events,
-        health: health.clone(),
-    });
+        Clock::system(),
+        NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
+        config.paths.pod_dir.clone(),
+        health.clone(),
+    ));
     let pod_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
-        let (manager, name) = (PodManager::new(shared, shutdown.clone(), pod_count.clone()), id.name.clone());
-        tasks.spawn(async move {
-            if let Err(e) = manager.run(&name).await {
-                log::error!("pod manager stopped: {e:#}");
-            }
-        });
+        let manager = PodManager::new(shared, cancel.clone(), pod_count.clone());
+        let api: Api<Pod> = Api::all(clients.watches.clone());
+        let selector = watcher::Config::default().fields(&format!("spec.nodeName={}", id.name));
+        let pods = watcher::watcher(api, selector).default_backoff().boxed();
+        let hb = beats.register("pod manager", LIMIT_POD_MANAGER);
+        tasks.spawn("pod manager", manager.run(pods, hb));
     }
 
     notify::ready(&format!("node {} registered", id.name));
     log::info!(node = id.name.as_str(); "node {} ready", id.name);
-    tasks.spawn(status_line(id.name.clone(), pod_count, clients.clone(), health.clone(), shutdown.clone()));
+    tasks
+        .spawn("status line", status_line(id.name.clone(), pod_count, clients.clone(), health.clone(), cancel.clone()));
 
-    shutdown.cancelled().await;
+    let outcome = tasks.until_shutdown_or_failure(&shutdown).await;
+    if let Err(e) = &outcome {
+        log::error!("{e:#}; stopping so that systemd restarts vks (running pods are adopted untouched)");
+    }
+    cancel.cancel();
     notify::stopping();
     log::info!("shutting down");
-    if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-        log::warn!("some tasks did not finish within {}s; exiting anyway", SHUTDOWN_GRACE.as_secs());
-    }
-    Ok(())
+    tasks.drain().await;
+    outcome
 }

@@ -16,6 +16,9 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_JOIN_REFUSED: u8 = 65;
 
 fn main() -> ExitCode {
+    // Test builds only (feature `failpoints`): faults named in the FAILPOINTS environment variable.
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     let config = match Config::load(&cli.config, &vks::host::hostname()) {
         Ok(c) => c,

@@ -10,7 +10,8 @@
 //!   SANs the node name, `localhost` and the node's IPs (and 127.0.0.1).
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use base64::Engine as _;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};

@@ -96,15 +96,29 @@ async fn request_serving(s: &Settings, client: &kube::Client) -> Result<(KeyPair
 
 /// Keeps both certificates fresh until `cancel` fires. `serving` is `None` when the operator
 /// configured the serving certificate (`kubelet.tls_cert_file`): vks then leaves it alone.
-pub async fn maintain(s: Settings, clients: Clients, serving: Option<Arc<ServingIdentity>>, cancel: CancellationToken) {
+pub async fn maintain(
+    s: Settings,
+    clients: Clients,
+    serving: Option<Arc<ServingIdentity>>,
+    heartbeat: crate::notify::Heartbeat,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_secs(300));
     let mut installed: Option<String> = None;
     loop {
-        let round = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = round(&s, &clients, serving.as_deref(), &mut installed) => r,
+        // Every step of a pass has its own deadline (API requests, the wait for a serving CSR's
+        // approval): the loop shows progress while the pass runs.
+        let pass = round(&s, &clients, serving.as_deref(), &mut installed);
+        tokio::pin!(pass);
+        let result = loop {
+            heartbeat.beat();
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = &mut pass => break r,
+                () = tokio::time::sleep(BEAT) => {}
+            }
         };
-        let delay = match round {
+        let delay = match result {
             Ok(d) => {
                 backoff.reset();
                 d
@@ -114,12 +128,20 @@ pub async fn maintain(s: Settings, clients: Clients, serving: Option<Arc<Serving
                 backoff.next_delay()
             }
         };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+        // Sleep until the next renewal, showing the watchdog this loop is alive meanwhile.
+        let wake = tokio::time::Instant::now() + delay;
+        while tokio::time::Instant::now() < wake {
+            heartbeat.beat();
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(wake.min(tokio::time::Instant::now() + BEAT)) => {}
+            }
         }
     }
 }
+
+/// How often the loop shows progress while it sleeps.
+const BEAT: Duration = Duration::from_secs(10);
 
 /// One pass: renew what is due, install the serving certificate; returns how long to sleep.
 async fn round(

@@ -141,11 +141,14 @@ impl KubeletServer {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serves until `cancel` fires.
-    pub async fn serve(self, cancel: CancellationToken) {
+    /// Serves until `cancel` fires; `heartbeat` beats while the accept loop runs.
+    pub async fn serve(self, heartbeat: crate::notify::Heartbeat, cancel: CancellationToken) -> Result<()> {
+        let mut beat = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
+            heartbeat.beat();
             let (tcp, peer) = tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => return Ok(()),
+                _ = beat.tick() => continue,
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {

@@ -105,9 +105,10 @@ impl LeaseKeeper {
     }
 
     /// Renews every [`RENEW_INTERVAL`]; after a failure retries with back-off (200 ms to 7 s).
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(mut self, heartbeat: crate::notify::Heartbeat, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut backoff = Backoff::new(Duration::from_secs(7));
         loop {
+            heartbeat.beat();
             let delay = match self.renew().await {
                 Ok(()) => {
                     self.health.ok();
@@ -120,7 +121,7 @@ impl LeaseKeeper {
                 }
             };
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => return Ok(()),
                 () = tokio::time::sleep(delay) => {}
             }
         }

@@ -7,7 +7,8 @@ pub mod lease;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
@@ -183,18 +184,18 @@ impl NodeAgent {
 
     /// Computes the status every [`STATUS_INTERVAL`] and patches it when it changed or every
     /// [`REPORT_INTERVAL`]; re-registers the node if its object was deleted. Returns when
-    /// `cancel` fires. `ticks` is called once per round, whatever the API server did, so the
+    /// `cancel` fires. `heartbeat` beats once per round, whatever the API server did, so the
     /// watchdog can tell the loop is alive.
-    pub async fn status_loop(&self, cancel: CancellationToken, ticks: impl Fn()) {
+    pub async fn status_loop(&self, heartbeat: crate::notify::Heartbeat, cancel: CancellationToken) -> Result<()> {
         let mut last_report: Option<Instant> = None;
         let mut interval = tokio::time::interval(STATUS_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => return Ok(()),
                 _ = interval.tick() => {}
             }
-            ticks();
+            heartbeat.beat();
             match self.sync_status(&mut last_report).await {
                 Ok(()) => self.health.ok(),
                 Err(e) => self.health.report(&format!("updating the status of node {}", self.id.name), &e),

@@ -4,14 +4,24 @@
 //! systemd reads without a `daemon-reload` for units it has not loaded yet). Unit state comes
 //! from `org.freedesktop.DBus.Properties.GetAll` on the unit's object path, and changes arrive as
 //! `PropertiesChanged` signals, which systemd only sends after `Subscribe()`.
+//!
+//! The connection is not forever: `systemctl restart dbus` or a systemd re-exec drops it.
+//! [`DbusSystemd::keep_connected`] is the one loop that owns it: it forwards signals to the
+//! watchers, pings systemd every few seconds (the heartbeat the watchdog sees), and when the
+//! connection is lost reconnects with back-off, subscribes again and sends every watcher
+//! [`UnitEvent::Resync`]. Meanwhile calls fail fast with [`SystemdError::Disconnected`] and
+//! their callers retry. Every call has a deadline ([`CALL_TIMEOUT`]).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use zbus::fdo::PropertiesProxy;
 use zbus::message::Type as MessageType;
 use zbus::names::InterfaceName;
@@ -20,19 +30,33 @@ use zbus::{Connection, MatchRule, MessageStream, OwnedVariant};
 use zbus_systemd::systemd1::ManagerProxy;
 
 use super::{
-    ActiveState, ExitKind, KillWhom, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus, unit_name_from_path,
-    unit_path,
+    ActiveState, ExitKind, KillWhom, Signal, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus,
+    unit_name_from_path, unit_path,
 };
+use crate::notify::Heartbeat;
 
+/// Deadline of one D-Bus method call (sd-bus's default).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// How often the connection is checked (and the heartbeat given) while nothing else happens.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest wait between two reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// Signals queued per match rule before zbus drops the oldest; a burst of 500 pods starting
 /// makes a few thousand property changes. Lost signals are covered by the periodic resync.
 const SIGNAL_QUEUE: usize = 16_384;
 
-/// systemd reached over the system bus.
-pub struct DbusSystemd {
+#[derive(Clone)]
+struct Bus {
     conn: Connection,
     manager: ManagerProxy<'static>,
+}
+
+/// systemd reached over the system bus (or a given D-Bus address).
+pub struct DbusSystemd {
+    address: Option<String>,
     unit_dir: PathBuf,
+    bus: RwLock<Option<Bus>>,
+    watchers: Mutex<Vec<(String, mpsc::UnboundedSender<UnitEvent>)>>,
 }
 
 fn bus(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
@@ -40,21 +64,141 @@ fn bus(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
     move |source| SystemdError::Bus { call, source }
 }
 
+async fn open(address: Option<&str>) -> Result<Bus, SystemdError> {
+    let (builder, what) = match address {
+        Some(a) => (zbus::connection::Builder::address(a), format!("connect({a})")),
+        None => (zbus::connection::Builder::system(), "connect(system bus)".to_owned()),
+    };
+    let conn = builder.method_timeout(CALL_TIMEOUT).build().await.map_err(bus(what))?;
+    let manager = ManagerProxy::builder(&conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(bus("Manager proxy"))?;
+    manager.subscribe().await.map_err(bus("Subscribe"))?;
+    Ok(Bus { conn, manager })
+}
+
 impl DbusSystemd {
     /// Connects to the system bus (or `address`, a D-Bus address such as
-    /// `unix:path=/run/dbus/system_bus_socket`) and subscribes to systemd's signals.
+    /// `unix:path=/run/dbus/system_bus_socket`) and subscribes to systemd's signals. Signals
+    /// reach watchers once [`DbusSystemd::keep_connected`] runs.
     pub async fn connect(address: Option<&str>, unit_dir: &Path) -> Result<DbusSystemd, SystemdError> {
-        let conn = match address {
-            Some(a) => zbus::connection::Builder::address(a).build().await.map_err(bus(format!("connect({a})")))?,
-            None => Connection::system().await.map_err(bus("connect(system bus)"))?,
+        let b = open(address).await?;
+        Ok(DbusSystemd {
+            address: address.map(str::to_owned),
+            unit_dir: unit_dir.to_owned(),
+            bus: RwLock::new(Some(b)),
+            watchers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn current(&self) -> Result<Bus, SystemdError> {
+        self.bus.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(SystemdError::Disconnected)
+    }
+
+    fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
+        Ok(self.current()?.manager)
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Option<UnitEvent>, name: Option<&str>) {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner()).retain(|(prefix, tx)| {
+            if name.is_some_and(|n| !n.starts_with(prefix.as_str())) {
+                return !tx.is_closed();
+            }
+            make().is_none_or(|ev| tx.send(ev).is_ok())
+        });
+    }
+
+    /// Owns the connection until `cancel` fires: forwards signals, beats `heartbeat` after every
+    /// successful ping, and reconnects (then resyncs every watcher) when the connection is lost.
+    /// Returns only on cancellation.
+    pub async fn keep_connected(&self, heartbeat: Heartbeat, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut retry = crate::api::Backoff::new(RECONNECT_MAX);
+        loop {
+            let b = match self.current() {
+                Ok(b) => b,
+                Err(_) => match open(self.address.as_deref()).await {
+                    Ok(b) => {
+                        log::info!("reconnected to systemd over D-Bus; re-reading every unit");
+                        *self.bus.write().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
+                        self.broadcast(|| Some(UnitEvent::Resync), None);
+                        retry.reset();
+                        b
+                    }
+                    Err(e) => {
+                        log::debug!("reconnecting to systemd: {e}");
+                        tokio::select! {
+                            () = cancel.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(retry.next_delay()) => continue,
+                        }
+                    }
+                },
+            };
+            if self.forward(&b, &heartbeat, &cancel).await {
+                return Ok(());
+            }
+            log::warn!("lost the D-Bus connection to systemd; reconnecting");
+            *self.bus.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Forwards signals of `b` until the connection is lost (false) or `cancel` fires (true).
+    async fn forward(&self, b: &Bus, heartbeat: &Heartbeat, cancel: &CancellationToken) -> bool {
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender("org.freedesktop.systemd1")
+            .interface("org.freedesktop.DBus.Properties")
+            .member("PropertiesChanged")
+            .path_namespace("/org/freedesktop/systemd1/unit")
+            .build();
+        let stream = match rule {
+            Ok(rule) => MessageStream::for_match_rule(rule, &b.conn, NonZeroUsize::new(SIGNAL_QUEUE)).await,
+            Err(e) => Err(e),
         };
-        let manager = ManagerProxy::builder(&conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(bus("Manager proxy"))?;
-        manager.subscribe().await.map_err(bus("Subscribe"))?;
-        Ok(DbusSystemd { conn, manager, unit_dir: unit_dir.to_owned() })
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("subscribing to systemd's PropertiesChanged signals: {e}");
+                return false;
+            }
+        };
+        // Signals sent before the match rule existed are lost: re-read what might have changed.
+        self.broadcast(|| Some(UnitEvent::Resync), None);
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return true,
+                msg = stream.next() => match msg {
+                    None => return false,
+                    Some(Err(e)) => {
+                        log::debug!("D-Bus signal stream: {e}");
+                        self.broadcast(|| Some(UnitEvent::Resync), None);
+                    }
+                    Some(Ok(msg)) => {
+                        let header = msg.header();
+                        let Some(name) = header.path().and_then(|p| unit_name_from_path(p.as_str())) else { continue };
+                        let Some(d) = delta(&msg) else { continue };
+                        self.broadcast(|| Some(UnitEvent::Changed(name.clone(), Box::new(d.clone()))), Some(&name));
+                    }
+                },
+                _ = ping.tick() => {
+                    if b.conn.is_closed() {
+                        return false;
+                    }
+                    match b.manager.version().await {
+                        Ok(_) => heartbeat.beat(),
+                        Err(e) => {
+                            log::warn!("systemd does not answer on D-Bus: {e}");
+                            if b.conn.is_closed() {
+                                return false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -66,7 +210,8 @@ impl DbusSystemd {
         name: &str,
         interface: &'static str,
     ) -> Result<HashMap<String, OwnedVariant>, SystemdError> {
-        let props = PropertiesProxy::builder(&self.conn)
+        let conn = self.current()?.conn;
+        let props = PropertiesProxy::builder(&conn)
             .destination("org.freedesktop.systemd1")
             .path(unit_path(name))
             .cache_properties(CacheProperties::No)
@@ -125,18 +270,25 @@ fn is_no_such_unit(e: &zbus::Error) -> bool {
     matches!(e, zbus::Error::MethodError(name, _, _) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit")
 }
 
+/// Maps a failed call on a unit: a unit systemd does not know is [`SystemdError::NoSuchUnit`].
+fn unit_call(call: &str, name: &str) -> impl FnOnce(zbus::Error) -> SystemdError {
+    let (call, name) = (call.to_owned(), name.to_owned());
+    move |e| {
+        if is_no_such_unit(&e) { SystemdError::NoSuchUnit(name) } else { bus(format!("{call}({name})"))(e) }
+    }
+}
+
 #[async_trait]
 impl Systemd for DbusSystemd {
     async fn version(&self) -> Result<String, SystemdError> {
-        self.manager.version().await.map_err(bus("Get(Version)"))
+        self.manager()?.version().await.map_err(bus("Get(Version)"))
     }
 
     async fn write_unit(&self, name: &str, content: &str) -> Result<(), SystemdError> {
         let path = self.file(name);
-        let tmp = self.unit_dir.join(format!(".{name}.tmp"));
-        let io = |action, source| SystemdError::Io { action, path: path.display().to_string(), source };
-        tokio::fs::write(&tmp, content).await.map_err(|e| io("writing", e))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(|e| io("renaming into place", e))
+        crate::fsutil::write_atomic_async(path.clone(), content.as_bytes().to_vec(), 0o644)
+            .await
+            .map_err(|source| SystemdError::Io { action: "writing", path: path.display().to_string(), source })
     }
 
     async fn remove_unit_file(&self, name: &str) -> Result<(), SystemdError> {
@@ -179,70 +331,60 @@ impl Systemd for DbusSystemd {
     }
 
     async fn reload(&self) -> Result<(), SystemdError> {
-        self.manager.reload().await.map_err(bus("Reload"))
+        self.manager()?.reload().await.map_err(bus("Reload"))
     }
 
     async fn start(&self, name: &str) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()?
             .start_unit(name.to_owned(), "replace".to_owned())
             .await
             .map(drop)
-            .map_err(bus(format!("StartUnit({name})")))
+            .map_err(unit_call("StartUnit", name))
     }
 
     async fn restart(&self, name: &str) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()?
             .restart_unit(name.to_owned(), "replace".to_owned())
             .await
             .map(drop)
-            .map_err(bus(format!("RestartUnit({name})")))
+            .map_err(unit_call("RestartUnit", name))
     }
 
     async fn stop(&self, name: &str) -> Result<(), SystemdError> {
-        match self.manager.stop_unit(name.to_owned(), "replace".to_owned()).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_no_such_unit(&e) => Err(SystemdError::NoSuchUnit(name.to_owned())),
-            Err(e) => Err(bus(format!("StopUnit({name})"))(e)),
-        }
+        self.manager()?
+            .stop_unit(name.to_owned(), "replace".to_owned())
+            .await
+            .map(drop)
+            .map_err(unit_call("StopUnit", name))
     }
 
-    async fn kill(&self, name: &str, whom: KillWhom, signal: i32) -> Result<(), SystemdError> {
+    async fn kill(&self, name: &str, whom: KillWhom, signal: Signal) -> Result<(), SystemdError> {
         let whom = match whom {
             KillWhom::Main => "main",
             KillWhom::All => "all",
         };
-        match self.manager.kill_unit(name.to_owned(), whom.to_owned(), signal).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_no_such_unit(&e) => Err(SystemdError::NoSuchUnit(name.to_owned())),
-            Err(e) => Err(bus(format!("KillUnit({name}, {whom}, {signal})"))(e)),
-        }
+        self.manager()?
+            .kill_unit(name.to_owned(), whom.to_owned(), signal as i32)
+            .await
+            .map_err(unit_call(&format!("KillUnit[{whom}, {signal}]"), name))
     }
 
     async fn reset_failed(&self, name: &str) -> Result<(), SystemdError> {
-        match self.manager.reset_failed_unit(name.to_owned()).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_no_such_unit(&e) => Err(SystemdError::NoSuchUnit(name.to_owned())),
-            Err(e) => Err(bus(format!("ResetFailedUnit({name})"))(e)),
-        }
+        self.manager()?.reset_failed_unit(name.to_owned()).await.map_err(unit_call("ResetFailedUnit", name))
     }
 
     async fn disable_and_mask(&self, names: &[String]) -> Result<(), SystemdError> {
         let list = names.join(", ");
-        self.manager
-            .disable_unit_files(names.to_vec(), false)
-            .await
-            .map_err(bus(format!("DisableUnitFiles({list})")))?;
-        self.manager
-            .mask_unit_files(names.to_vec(), false, true)
-            .await
-            .map_err(bus(format!("MaskUnitFiles({list})")))?;
-        self.manager.reload().await.map_err(bus("Reload"))
+        let manager = self.manager()?;
+        manager.disable_unit_files(names.to_vec(), false).await.map_err(bus(format!("DisableUnitFiles({list})")))?;
+        manager.mask_unit_files(names.to_vec(), false, true).await.map_err(bus(format!("MaskUnitFiles({list})")))?;
+        manager.reload().await.map_err(bus("Reload"))
     }
 
     async fn status(&self, name: &str) -> Result<UnitStatus, SystemdError> {
         let mut unit = self.get_all(name, "org.freedesktop.systemd1.Unit").await?;
         let load_state: String = prop(&mut unit, "LoadState").unwrap_or_default();
-        if load_state == "not-found" && !self.file(name).exists() {
+        if load_state == "not-found" && !tokio::fs::try_exists(self.file(name)).await.unwrap_or(false) {
             return Err(SystemdError::NoSuchUnit(name.to_owned()));
         }
         let mut status = UnitStatus {
@@ -266,40 +408,8 @@ impl Systemd for DbusSystemd {
     }
 
     async fn watch(&self, prefix: &str) -> Result<mpsc::UnboundedReceiver<UnitEvent>, SystemdError> {
-        let rule = MatchRule::builder()
-            .msg_type(MessageType::Signal)
-            .sender("org.freedesktop.systemd1")
-            .interface("org.freedesktop.DBus.Properties")
-            .member("PropertiesChanged")
-            .path_namespace("/org/freedesktop/systemd1/unit")
-            .build()
-            .map_err(bus("match rule"))?;
-        let mut stream = MessageStream::for_match_rule(rule, &self.conn, NonZeroUsize::new(SIGNAL_QUEUE))
-            .await
-            .map_err(bus("AddMatch(PropertiesChanged)"))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let prefix = prefix.to_owned();
-        tokio::spawn(async move {
-            while let Some(msg) = stream.next().await {
-                let Ok(msg) = msg else {
-                    if tx.send(UnitEvent::Resync).is_err() {
-                        return;
-                    }
-                    continue;
-                };
-                let header = msg.header();
-                let Some(name) = header.path().and_then(|p| unit_name_from_path(p.as_str())) else { continue };
-                if !name.starts_with(&prefix) {
-                    continue;
-                }
-                let Some(d) = delta(&msg) else { continue };
-                if tx.send(UnitEvent::Changed(name, Box::new(d))).is_err() {
-                    return;
-                }
-            }
-            log::warn!("the D-Bus signal stream from systemd ended; unit changes are seen by resync only");
-            let _ = tx.send(UnitEvent::Resync);
-        });
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner()).push((prefix.to_owned(), tx));
         Ok(rx)
     }
 }

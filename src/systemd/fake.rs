@@ -1,38 +1,73 @@
 //! An in-memory [`Systemd`] for unit tests: unit files in a map, units that "run" until the test
-//! makes them exit, and the same change notifications the real one sends.
+//! makes them exit (or a signal does), and the same change notifications the real one sends.
+//! Timestamps come from a [`Clock`], so tests with paused tokio time see consistent times.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{ActiveState, ExitKind, KillWhom, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus};
+use super::{ActiveState, ExitKind, KillWhom, Signal, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus};
+use crate::clock::Clock;
+
+/// One call made to the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// When (by the fake's clock).
+    pub at: SystemTime,
+    /// What, e.g. `start vks.a.b.c.service`.
+    pub what: String,
+}
 
 #[derive(Default)]
 struct State {
     files: BTreeMap<String, String>,
     units: BTreeMap<String, UnitStatus>,
     watchers: Vec<(String, mpsc::UnboundedSender<UnitEvent>)>,
-    calls: Vec<String>,
+    calls: Vec<Call>,
     invocations: u64,
+    pids: u32,
+    /// Units whose process ignores SIGTERM.
+    stubborn: HashSet<String>,
+    /// Units that fail to start (exit code 203, as systemd reports an exec failure).
+    broken: HashSet<String>,
+    /// Units whose next status read panics (to test the supervision of the caller).
+    panic_once: HashSet<String>,
 }
 
-/// A fake systemd. Started units stay `active/running` until [`FakeSystemd::exit`].
+/// A fake systemd. Started units stay `active/running` until [`FakeSystemd::exit`] or a signal.
 #[derive(Default)]
 pub struct FakeSystemd {
     state: Mutex<State>,
+    clock: Clock,
 }
 
-fn now_usec() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+fn delta_of(u: &UnitStatus) -> UnitDelta {
+    UnitDelta {
+        active_state: Some(u.active_state),
+        sub_state: Some(u.sub_state.clone()),
+        invocation_id: Some(u.invocation_id.clone()),
+        result: Some(u.result.clone()),
+        exit_kind: Some(u.exit_kind),
+        exit_status: Some(u.exit_status),
+        started_usec: Some(u.started_usec),
+        exited_usec: Some(u.exited_usec),
+        main_pid: Some(u.main_pid),
+        incomplete: false,
+    }
 }
 
 impl FakeSystemd {
-    /// An empty fake.
+    /// An empty fake on the system clock.
     pub fn new() -> FakeSystemd {
         FakeSystemd::default()
+    }
+
+    /// An empty fake whose timestamps come from `clock`.
+    pub fn with_clock(clock: Clock) -> FakeSystemd {
+        FakeSystemd { state: Mutex::default(), clock }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -41,44 +76,72 @@ impl FakeSystemd {
 
     fn notify(state: &mut State, name: &str) {
         let Some(u) = state.units.get(name) else { return };
-        let d = UnitDelta {
-            active_state: Some(u.active_state),
-            sub_state: Some(u.sub_state.clone()),
-            invocation_id: Some(u.invocation_id.clone()),
-            result: Some(u.result.clone()),
-            exit_kind: Some(u.exit_kind),
-            exit_status: Some(u.exit_status),
-            started_usec: Some(u.started_usec),
-            exited_usec: Some(u.exited_usec),
-            main_pid: Some(u.main_pid),
-            incomplete: false,
-        };
+        let d = delta_of(u);
         state.watchers.retain(|(prefix, tx)| {
             !name.starts_with(prefix.as_str())
                 || tx.send(UnitEvent::Changed(name.to_owned(), Box::new(d.clone()))).is_ok()
         });
     }
 
-    /// Makes a running unit's main process exit with `code` (like a `RemainAfterExit=yes`
-    /// service: success leaves it active/exited, failure makes it failed).
-    pub fn exit(&self, name: &str, code: i32) {
-        let mut s = self.lock();
-        if let Some(u) = s.units.get_mut(name) {
-            u.exit_kind = ExitKind::Exited;
-            u.exit_status = code;
-            u.exited_usec = now_usec();
+    fn record(&self, s: &mut State, what: String) {
+        s.calls.push(Call { at: self.clock.wall(), what });
+    }
+
+    fn end(&self, s: &mut State, name: &str, kind: ExitKind, status: i32) {
+        let now = self.clock.usec();
+        if let Some(u) = s.units.get_mut(name)
+            && u.main_pid != 0
+        {
+            u.exit_kind = kind;
+            u.exit_status = status;
+            u.exited_usec = now;
             u.main_pid = 0;
-            if code == 0 {
+            if kind == ExitKind::Exited && status == 0 {
                 u.active_state = ActiveState::Active;
                 u.sub_state = "exited".into();
                 u.result = "success".into();
             } else {
                 u.active_state = ActiveState::Failed;
                 u.sub_state = "failed".into();
-                u.result = "exit-code".into();
+                u.result = if kind == ExitKind::Exited { "exit-code" } else { "signal" }.into();
             }
         }
-        FakeSystemd::notify(&mut s, name);
+        FakeSystemd::notify(s, name);
+    }
+
+    /// Makes a running unit's main process exit with `code` (like a `RemainAfterExit=yes`
+    /// service: success leaves it active/exited, failure makes it failed).
+    pub fn exit(&self, name: &str, code: i32) {
+        let mut s = self.lock();
+        self.end(&mut s, name, ExitKind::Exited, code);
+    }
+
+    /// Makes the unit's process ignore SIGTERM (only SIGKILL ends it).
+    pub fn ignore_sigterm(&self, name: &str) {
+        self.lock().stubborn.insert(name.to_owned());
+    }
+
+    /// Makes every later start of the unit fail the way a missing executable does (exit 203).
+    pub fn break_unit(&self, name: &str) {
+        self.lock().broken.insert(name.to_owned());
+    }
+
+    /// Makes the next status read of the unit panic, as a bug in its caller would.
+    pub fn panic_on_next_read(&self, name: &str) {
+        self.lock().panic_once.insert(name.to_owned());
+    }
+
+    /// Makes a running unit's main process exit with `code` without sending a signal (a change
+    /// lost while the D-Bus connection was down).
+    pub fn exit_unnoticed(&self, name: &str, code: i32) {
+        let watchers = std::mem::take(&mut self.lock().watchers);
+        self.exit(name, code);
+        self.lock().watchers = watchers;
+    }
+
+    /// Tells every watcher to re-read its units, as after a reconnection.
+    pub fn resync(&self) {
+        self.lock().watchers.retain(|(_, tx)| tx.send(UnitEvent::Resync).is_ok());
     }
 
     fn start_inner(&self, name: &str) -> Result<(), SystemdError> {
@@ -86,22 +149,26 @@ impl FakeSystemd {
         if !s.files.contains_key(name) {
             return Err(SystemdError::NoSuchUnit(name.to_owned()));
         }
-        s.invocations += 1;
-        let invocation = format!("{:032x}", s.invocations);
-        let u = s.units.entry(name.to_owned()).or_default();
-        if u.active_state != ActiveState::Active || u.sub_state != "running" {
-            *u = UnitStatus {
+        let running = s.units.get(name).is_some_and(|u| u.main_pid != 0);
+        if !running {
+            s.invocations += 1;
+            s.pids += 1;
+            let u = UnitStatus {
                 load_state: "loaded".into(),
                 active_state: ActiveState::Active,
                 sub_state: "running".into(),
                 result: "success".into(),
-                started_usec: now_usec(),
-                main_pid: 4242,
-                invocation_id: invocation,
+                started_usec: self.clock.usec(),
+                main_pid: 1000 + s.pids,
+                invocation_id: format!("{:032x}", s.invocations),
                 ..UnitStatus::default()
             };
+            s.units.insert(name.to_owned(), u);
         }
         FakeSystemd::notify(&mut s, name);
+        if !running && s.broken.contains(name) {
+            self.end(&mut s, name, ExitKind::Exited, 203);
+        }
         Ok(())
     }
 
@@ -112,7 +179,17 @@ impl FakeSystemd {
 
     /// Every call made so far, e.g. `start vks.a.b.c.service`.
     pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.iter().map(|c| c.what.clone()).collect()
+    }
+
+    /// Every call made so far, with when it was made.
+    pub fn timed_calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
+    }
+
+    /// The unit's status as systemd would report it, if it is loaded.
+    pub fn unit(&self, name: &str) -> Option<UnitStatus> {
+        self.lock().units.get(name).cloned()
     }
 }
 
@@ -124,14 +201,14 @@ impl Systemd for FakeSystemd {
 
     async fn write_unit(&self, name: &str, content: &str) -> Result<(), SystemdError> {
         let mut s = self.lock();
-        s.calls.push(format!("write {name}"));
+        self.record(&mut s, format!("write {name}"));
         s.files.insert(name.to_owned(), content.to_owned());
         Ok(())
     }
 
     async fn remove_unit_file(&self, name: &str) -> Result<(), SystemdError> {
         let mut s = self.lock();
-        s.calls.push(format!("remove {name}"));
+        self.record(&mut s, format!("remove {name}"));
         s.files.remove(name);
         Ok(())
     }
@@ -145,56 +222,61 @@ impl Systemd for FakeSystemd {
     }
 
     async fn reload(&self) -> Result<(), SystemdError> {
-        self.lock().calls.push("reload".into());
+        let mut s = self.lock();
+        self.record(&mut s, "reload".into());
         Ok(())
     }
 
     async fn restart(&self, name: &str) -> Result<(), SystemdError> {
         {
             let mut s = self.lock();
-            s.calls.push(format!("restart {name}"));
-            if let Some(u) = s.units.get_mut(name) {
-                u.sub_state = "dead".into();
+            self.record(&mut s, format!("restart {name}"));
+            if s.units.get(name).is_some_and(|u| u.main_pid != 0) {
+                self.end(&mut s, name, ExitKind::Killed, Signal::SIGTERM as i32);
             }
         }
         self.start_inner(name)
     }
 
     async fn start(&self, name: &str) -> Result<(), SystemdError> {
-        self.lock().calls.push(format!("start {name}"));
+        {
+            let mut s = self.lock();
+            self.record(&mut s, format!("start {name}"));
+        }
         self.start_inner(name)
     }
 
     async fn stop(&self, name: &str) -> Result<(), SystemdError> {
         let mut s = self.lock();
-        s.calls.push(format!("stop {name}"));
-        let Some(u) = s.units.get_mut(name) else {
+        self.record(&mut s, format!("stop {name}"));
+        if !s.units.contains_key(name) {
             return if s.files.contains_key(name) { Ok(()) } else { Err(SystemdError::NoSuchUnit(name.to_owned())) };
-        };
-        if u.sub_state == "running" {
-            u.exit_kind = ExitKind::Killed;
-            u.exit_status = 15;
-            u.exited_usec = now_usec();
         }
-        u.active_state = ActiveState::Inactive;
-        u.sub_state = "dead".into();
-        u.main_pid = 0;
+        self.end(&mut s, name, ExitKind::Killed, Signal::SIGTERM as i32);
+        if let Some(u) = s.units.get_mut(name) {
+            u.active_state = ActiveState::Inactive;
+            u.sub_state = "dead".into();
+        }
         FakeSystemd::notify(&mut s, name);
         Ok(())
     }
 
-    async fn kill(&self, name: &str, whom: KillWhom, signal: i32) -> Result<(), SystemdError> {
+    async fn kill(&self, name: &str, whom: KillWhom, signal: Signal) -> Result<(), SystemdError> {
         let mut s = self.lock();
-        s.calls.push(format!("kill {name} {whom:?} {signal}"));
+        self.record(&mut s, format!("kill {name} {whom:?} {signal}"));
         if !s.units.contains_key(name) {
             return Err(SystemdError::NoSuchUnit(name.to_owned()));
+        }
+        let dies = signal == Signal::SIGKILL || (signal == Signal::SIGTERM && !s.stubborn.contains(name));
+        if dies && s.units.get(name).is_some_and(|u| u.main_pid != 0) {
+            self.end(&mut s, name, ExitKind::Killed, signal as i32);
         }
         Ok(())
     }
 
     async fn reset_failed(&self, name: &str) -> Result<(), SystemdError> {
         let mut s = self.lock();
-        s.calls.push(format!("reset-failed {name}"));
+        self.record(&mut s, format!("reset-failed {name}"));
         if s.units.get(name).is_some_and(|u| u.active_state == ActiveState::Failed) {
             s.units.remove(name);
         }
@@ -202,6 +284,8 @@ impl Systemd for FakeSystemd {
     }
 
     async fn status(&self, name: &str) -> Result<UnitStatus, SystemdError> {
+        let injected = self.lock().panic_once.remove(name);
+        assert!(!injected, "injected panic reading {name}");
         let s = self.lock();
         match (s.units.get(name), s.files.contains_key(name)) {
             (Some(u), _) => Ok(u.clone()),
@@ -214,7 +298,7 @@ impl Systemd for FakeSystemd {
 
     async fn disable_and_mask(&self, names: &[String]) -> Result<(), SystemdError> {
         let mut s = self.lock();
-        s.calls.push(format!("disable_and_mask {}", names.join(" ")));
+        self.record(&mut s, format!("disable_and_mask {}", names.join(" ")));
         for n in names {
             s.units.entry(n.clone()).or_default().load_state = "masked".into();
         }

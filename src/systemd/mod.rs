@@ -2,6 +2,9 @@
 //! ([`dbus::DbusSystemd`], the only code that speaks D-Bus) and an in-memory fake for tests
 //! ([`fake::FakeSystemd`]).
 //!
+//! Every D-Bus call has a deadline (25 s, as sd-bus), and a lost connection is re-established by
+//! [`dbus::DbusSystemd::keep_connected`], which then tells every watcher to re-read its units.
+//!
 //! vks never edits a unit file in place: files are written whole (atomically) into the unit
 //! directory, started by name, and removed after the unit stopped. State is always read back
 //! from systemd; nothing here caches it.
@@ -14,11 +17,15 @@ pub mod fake;
 pub const UNIT_DIR: &str = "/run/systemd/system";
 
 use async_trait::async_trait;
+pub use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 /// What can go wrong talking to systemd. Callers branch on [`SystemdError::NoSuchUnit`].
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
+    /// The connection to the bus is lost; it is being re-established.
+    #[error("not connected to systemd over D-Bus (reconnecting)")]
+    Disconnected,
     /// The unit is not known to systemd (and has no unit file).
     #[error("unit {0} does not exist")]
     NoSuchUnit(String),
@@ -229,7 +236,7 @@ pub trait Systemd: Send + Sync + 'static {
     /// Queues a stop job (replace mode); returns once queued.
     async fn stop(&self, name: &str) -> Result<(), SystemdError>;
     /// Sends a signal.
-    async fn kill(&self, name: &str, whom: KillWhom, signal: i32) -> Result<(), SystemdError>;
+    async fn kill(&self, name: &str, whom: KillWhom, signal: Signal) -> Result<(), SystemdError>;
     /// Forgets a failed state so the unit can be unloaded.
     async fn reset_failed(&self, name: &str) -> Result<(), SystemdError>;
     /// Current state of a unit (loading it if needed).
@@ -237,7 +244,9 @@ pub trait Systemd: Send + Sync + 'static {
     /// Disables and masks (persistently) the named units of a package, then reloads: only vks
     /// runs what a package vks installed provides.
     async fn disable_and_mask(&self, names: &[String]) -> Result<(), SystemdError>;
-    /// Starts delivering change notifications for units whose name starts with `prefix`.
+    /// Starts delivering change notifications for units whose name starts with `prefix`. After
+    /// a reconnection (D-Bus or systemd restarted) the receiver gets [`UnitEvent::Resync`]: every
+    /// unit's state must be read again.
     async fn watch(&self, prefix: &str) -> Result<mpsc::UnboundedReceiver<UnitEvent>, SystemdError>;
 }
 
