@@ -1,18 +1,30 @@
-//! Kubernetes Events (`kubectl describe` → Events), published by one background task.
+//! Kubernetes Events (`kubectl describe` → Events), behind the narrow [`Recorder`] trait.
 //!
-//! Events are informative, status is not: so they go through a queue and are sent one at a
-//! time, never delaying a pod's status or competing with it in bursts (the kubelet rate-limits
-//! its events for the same reason). A full queue drops events rather than grow without bound.
+//! [`EventSink`] is the real recorder: events are informative, status is not, so they go through
+//! a queue and are sent one at a time by one background task, never delaying a pod's status or
+//! competing with it in bursts (the kubelet rate-limits its events for the same reason). A full
+//! queue drops events rather than grow without bound. [`FakeRecorder`] keeps them for tests.
+
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+pub use kube::runtime::events::EventType;
+use kube::runtime::events::{Event, Recorder as KubeRecorder, Reporter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::api::PodRef;
 
 /// Events waiting to be sent before new ones are dropped.
 const QUEUE: usize = 4096;
 
-/// Where events are queued.
+/// Where events about pods go.
+pub trait Recorder: Send + Sync + 'static {
+    /// Records an event about `pod`.
+    fn pod(&self, pod: &PodRef, type_: EventType, reason: &str, note: String);
+}
+
+/// Events sent to the API server by a background task.
 #[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<(Event, ObjectReference)>,
@@ -24,16 +36,17 @@ impl EventSink {
         client: kube::Client,
         node: &str,
         cancel: CancellationToken,
-    ) -> (EventSink, impl Future<Output = ()> + use<>) {
+    ) -> (EventSink, impl Future<Output = anyhow::Result<()>> + use<>) {
         let (tx, mut rx) = mpsc::channel::<(Event, ObjectReference)>(QUEUE);
-        let recorder = Recorder::new(client, Reporter { controller: "vks".into(), instance: Some(node.to_owned()) });
+        let recorder =
+            KubeRecorder::new(client, Reporter { controller: "vks".into(), instance: Some(node.to_owned()) });
         let task = async move {
             loop {
                 let (ev, reference) = tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = cancel.cancelled() => return Ok(()),
                     item = rx.recv() => match item {
                         Some(i) => i,
-                        None => return,
+                        None => return Ok(()),
                     },
                 };
                 if let Err(e) = recorder.publish(&ev, &reference).await {
@@ -43,15 +56,16 @@ impl EventSink {
         };
         (EventSink { tx }, task)
     }
+}
 
-    /// Queues an event about a pod.
-    pub fn pod(&self, namespace: &str, name: &str, uid: &str, type_: EventType, reason: &str, note: String) {
+impl Recorder for EventSink {
+    fn pod(&self, pod: &PodRef, type_: EventType, reason: &str, note: String) {
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            uid: Some(uid.to_owned()),
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()),
             ..ObjectReference::default()
         };
         // The recorder folds events with the same reason and action into one series (count++)
@@ -63,33 +77,72 @@ impl EventSink {
         }
         let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action, secondary: None };
         if self.tx.try_send((ev, reference)).is_err() {
-            log::debug!("event queue full: dropped {reason} for pod {namespace}/{name}");
+            log::debug!("event queue full: dropped {reason} for pod {pod}");
         }
+    }
+}
+
+/// One recorded event (for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The pod.
+    pub pod: String,
+    /// Normal or Warning.
+    pub warning: bool,
+    /// The reason, e.g. `Started`.
+    pub reason: String,
+    /// The message.
+    pub note: String,
+}
+
+/// Keeps events in memory.
+#[derive(Debug, Default)]
+pub struct FakeRecorder(Mutex<Vec<Recorded>>);
+
+impl FakeRecorder {
+    /// Everything recorded so far.
+    pub fn all(&self) -> Vec<Recorded> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The reasons recorded so far, in order.
+    pub fn reasons(&self) -> Vec<String> {
+        self.all().into_iter().map(|e| e.reason).collect()
+    }
+}
+
+impl Recorder for FakeRecorder {
+    fn pod(&self, pod: &PodRef, type_: EventType, reason: &str, note: String) {
+        let warning = matches!(type_, EventType::Warning);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(Recorded {
+            pod: pod.to_string(),
+            warning,
+            reason: reason.to_owned(),
+            note,
+        });
     }
 }
 
 /// Events about one pod, for code that runs outside the pod's worker (image pulls).
 #[derive(Clone)]
 pub struct PodEvents {
-    sink: EventSink,
-    namespace: String,
-    name: String,
-    uid: String,
+    recorder: Arc<dyn Recorder>,
+    pod: PodRef,
 }
 
 impl PodEvents {
-    /// Events about pod `namespace/name` (`uid`).
-    pub fn new(sink: EventSink, namespace: &str, name: &str, uid: &str) -> PodEvents {
-        PodEvents { sink, namespace: namespace.to_owned(), name: name.to_owned(), uid: uid.to_owned() }
+    /// Events about `pod`.
+    pub fn new(recorder: Arc<dyn Recorder>, pod: PodRef) -> PodEvents {
+        PodEvents { recorder, pod }
     }
 
     /// A Normal event.
     pub fn normal(&self, reason: &str, note: String) {
-        self.sink.pod(&self.namespace, &self.name, &self.uid, EventType::Normal, reason, note);
+        self.recorder.pod(&self.pod, EventType::Normal, reason, note);
     }
 
     /// A Warning event.
     pub fn warning(&self, reason: &str, note: String) {
-        self.sink.pod(&self.namespace, &self.name, &self.uid, EventType::Warning, reason, note);
+        self.recorder.pod(&self.pod, EventType::Warning, reason, note);
     }
 }

@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
@@ -25,6 +26,8 @@ use super::reference::{self, ImageRef};
 use super::unitfile;
 use super::{ImageError, ImageInfo, Images, PullEvents, resolve_path_image};
 use crate::config::AptSource;
+use crate::policy::PullPolicy;
+use crate::reason::WaitingReason;
 use crate::systemd::Systemd;
 use crate::unit::Arg;
 
@@ -70,12 +73,12 @@ struct State {
 }
 
 fn pull_error(image: &str, message: impl std::fmt::Display) -> ImageError {
-    ImageError { reason: "ErrImagePull", message: format!("image {image:?}: {message}") }
+    ImageError { reason: WaitingReason::ErrImagePull, message: format!("image {image:?}: {message}") }
 }
 
 fn never_pull(image: &str, what: &str) -> ImageError {
     ImageError {
-        reason: "ErrImageNeverPull",
+        reason: WaitingReason::ErrImageNeverPull,
         message: format!("Container image {image:?} is not present with pull policy of Never ({what})"),
     }
 }
@@ -146,7 +149,7 @@ impl DebianImages {
             let file = self.settings.sources_dir.join(format!("{SOURCE_PREFIX}{}.sources", s.name));
             let text = render_source(s);
             if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
-                crate::host::write_atomic(&file, text.as_bytes(), 0o644)
+                crate::fsutil::write_atomic(&file, text.as_bytes(), 0o644)
                     .map_err(|e| format!("writing apt source {}: {e}", file.display()))?;
                 log::info!("wrote apt source {}", file.display());
                 changed = true;
@@ -192,7 +195,7 @@ impl DebianImages {
         image: &str,
         name: &str,
         version: Option<&str>,
-        policy: &str,
+        policy: PullPolicy,
         events: &dyn PullEvents,
     ) -> Result<ImageInfo, ImageError> {
         let asked = Instant::now();
@@ -202,12 +205,12 @@ impl DebianImages {
             (None, _) => false,
         };
         let installed = self.pm.installed(name).await.map_err(|e| pull_error(image, e))?;
-        if policy != "Always" && satisfied(&installed) {
+        if policy != PullPolicy::Always && satisfied(&installed) {
             events.normal("Pulled", format!("Container image {image:?} already present on machine"));
             let v = installed.unwrap_or_default();
             return Ok(self.present_image(image, name, &v, Some(events)).await);
         }
-        if policy == "Never" {
+        if policy == PullPolicy::Never {
             let what = match (&installed, version) {
                 (None, _) => format!("package {name} is not installed"),
                 (Some(have), Some(want)) => format!("package {name} is installed at {have}, not {want}"),
@@ -227,7 +230,7 @@ impl DebianImages {
         }
         // Another install may have done it while this one waited.
         let before = self.pm.installed(name).await.map_err(|e| pull_error(image, e))?;
-        if policy != "Always" && satisfied(&before) {
+        if policy != PullPolicy::Always && satisfied(&before) {
             let v = before.unwrap_or_default();
             return Ok(self.present_image(image, name, &v, None).await);
         }
@@ -254,7 +257,7 @@ impl DebianImages {
         image: &str,
         url: &str,
         sha256: Option<&str>,
-        policy: &str,
+        policy: PullPolicy,
         events: &dyn PullEvents,
     ) -> Result<ImageInfo, ImageError> {
         let asked = Instant::now();
@@ -264,7 +267,7 @@ impl DebianImages {
         {
             return r.clone();
         }
-        if policy != "Always"
+        if policy != PullPolicy::Always
             && let Some((name, version)) = state.urls.get(url).cloned()
             && self.pm.installed(&name).await.ok().flatten().as_deref() == Some(version.as_str())
         {
@@ -272,7 +275,7 @@ impl DebianImages {
             events.normal("Pulled", format!("Container image {image:?} already present on machine"));
             return Ok(self.present_image(image, &name, &version, None).await);
         }
-        if policy == "Never" {
+        if policy == PullPolicy::Never {
             return Err(never_pull(image, "vks has not installed this .deb"));
         }
         let Some(downloader) = &self.downloader else {
@@ -414,7 +417,12 @@ pub fn render_source(s: &AptSource) -> String {
 
 #[async_trait]
 impl Images for DebianImages {
-    async fn ensure(&self, image: &str, pull_policy: &str, events: &dyn PullEvents) -> Result<ImageInfo, ImageError> {
+    async fn ensure(
+        &self,
+        image: &str,
+        pull_policy: PullPolicy,
+        events: &dyn PullEvents,
+    ) -> Result<ImageInfo, ImageError> {
         let target = self.settings.aliases.get(image).map_or(image, String::as_str);
         match reference::parse(target)? {
             ImageRef::Path(p) => resolve_path_image(&p),
@@ -474,22 +482,22 @@ mod tests {
         let imgs = images(apt.clone(), sd, &dir);
         let ev = Recorded::default();
 
-        let e = imgs.ensure("tool", "Never", &ev).await.unwrap_err();
-        assert_eq!(e.reason, "ErrImageNeverPull");
+        let e = imgs.ensure("tool", PullPolicy::Never, &ev).await.unwrap_err();
+        assert_eq!(e.reason, WaitingReason::ErrImageNeverPull);
         assert!(e.message.contains("package tool is not installed"), "{}", e.message);
 
-        let info = imgs.ensure("tool=1.0", "IfNotPresent", &ev).await.unwrap();
+        let info = imgs.ensure("tool=1.0", PullPolicy::IfNotPresent, &ev).await.unwrap();
         assert_eq!(info.image_id, "deb://tool=1.0");
         assert!(info.no_command.as_deref().unwrap().contains("ships no systemd service"));
         assert_eq!(ev.reasons(), ["Pulling", "Pulled"]);
         // Present at the pinned version: nothing installed.
-        imgs.ensure("tool:1.0", "IfNotPresent", &ev).await.unwrap();
+        imgs.ensure("tool:1.0", PullPolicy::IfNotPresent, &ev).await.unwrap();
         assert_eq!(apt.calls(), ["install tool=1.0"]);
         // Always upgrades to the candidate; the alias maps a container image name.
-        let info = imgs.ensure("busybox:1.36", "Always", &ev).await.unwrap();
+        let info = imgs.ensure("busybox:1.36", PullPolicy::Always, &ev).await.unwrap();
         assert_eq!(info.image_id, "deb://tool=2.0");
-        assert_eq!(imgs.ensure("tool", "Never", &ev).await.unwrap().image_id, "deb://tool=2.0");
-        let e = imgs.ensure("tool=1.0", "Never", &ev).await.unwrap_err();
+        assert_eq!(imgs.ensure("tool", PullPolicy::Never, &ev).await.unwrap().image_id, "deb://tool=2.0");
+        let e = imgs.ensure("tool=1.0", PullPolicy::Never, &ev).await.unwrap_err();
         assert!(e.message.contains("installed at 2.0, not 1.0"), "{}", e.message);
     }
 
@@ -500,10 +508,10 @@ mod tests {
         apt.publish("tool", &["1.0"], &[]);
         let imgs = images(apt.clone(), Arc::new(FakeSystemd::new()), &dir);
         let ev = Recorded::default();
-        let e = imgs.ensure("nope", "IfNotPresent", &ev).await.unwrap_err();
-        assert_eq!(e.reason, "ErrImagePull");
+        let e = imgs.ensure("nope", PullPolicy::IfNotPresent, &ev).await.unwrap_err();
+        assert_eq!(e.reason, WaitingReason::ErrImagePull);
         assert!(e.message.contains("E: Unable to locate package nope"), "{}", e.message);
-        let e = imgs.ensure("tool=9.9", "IfNotPresent", &ev).await.unwrap_err();
+        let e = imgs.ensure("tool=9.9", PullPolicy::IfNotPresent, &ev).await.unwrap_err();
         assert!(e.message.contains("Version '9.9' for 'tool' was not found"), "{}", e.message);
         assert_eq!(
             apt.calls(),
@@ -522,7 +530,7 @@ mod tests {
         let tasks: Vec<_> = (0..5)
             .map(|_| {
                 let (imgs, ev) = (imgs.clone(), ev.clone());
-                tokio::spawn(async move { imgs.ensure("tool", "Always", &*ev).await })
+                tokio::spawn(async move { imgs.ensure("tool", PullPolicy::Always, &*ev).await })
             })
             .collect();
         for t in tasks {
@@ -550,13 +558,13 @@ mod tests {
         sd.write_unit("old.service", "[Service]\nExecStart=/usr/sbin/old\n").await.unwrap();
         let imgs = images(apt.clone(), sd.clone(), &dir);
         let ev = Recorded::default();
-        let info = imgs.ensure("daemon", "IfNotPresent", &ev).await.unwrap();
+        let info = imgs.ensure("daemon", PullPolicy::IfNotPresent, &ev).await.unwrap();
         assert_eq!(info.entrypoint, ["/usr/sbin/daemon"]);
         assert_eq!(info.args, [Arg::Raw("-f $OPTS".into())]);
         assert_eq!(info.service, [("Type".into(), "notify".into()), ("User".into(), "daemon".into())]);
         assert!(sd.calls().contains(&"disable_and_mask daemon.service".to_owned()), "{:?}", sd.calls());
         // Installed before vks: left alone, and an event says so.
-        imgs.ensure("old", "Always", &ev).await.unwrap();
+        imgs.ensure("old", PullPolicy::Always, &ev).await.unwrap();
         assert_eq!(sd.calls().iter().filter(|c| c.starts_with("disable_and_mask")).count(), 1);
         assert!(ev.reasons().contains(&"PackageUnitKept".to_owned()), "{:?}", ev.reasons());
     }

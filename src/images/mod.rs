@@ -16,6 +16,9 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
+use crate::policy::PullPolicy;
+use crate::reason::WaitingReason;
+
 pub use crate::unit::ImageInfo;
 
 /// Why an image is not available, with the kubelet's waiting reason.
@@ -23,7 +26,7 @@ pub use crate::unit::ImageInfo;
 #[error("{message}")]
 pub struct ImageError {
     /// `ErrImagePull`, `ErrImageNeverPull`, `InvalidImageName`, ...
-    pub reason: &'static str,
+    pub reason: WaitingReason,
     /// What went wrong, naming the image.
     pub message: String,
 }
@@ -45,7 +48,12 @@ impl PullEvents for crate::events::PodEvents {
 pub trait Images: Send + Sync + 'static {
     /// Ensures `image` is available (may take long: installs). `pull_policy` is the container's
     /// `imagePullPolicy` (`Always`, `IfNotPresent` or `Never`).
-    async fn ensure(&self, image: &str, pull_policy: &str, events: &dyn PullEvents) -> Result<ImageInfo, ImageError>;
+    async fn ensure(
+        &self,
+        image: &str,
+        pull_policy: PullPolicy,
+        events: &dyn PullEvents,
+    ) -> Result<ImageInfo, ImageError>;
 }
 
 /// Whether `path` is a regular file with an execute bit.
@@ -61,13 +69,13 @@ pub struct PathImages;
 pub fn resolve_path_image(image: &str) -> Result<ImageInfo, ImageError> {
     if !Path::new(image).is_absolute() {
         return Err(ImageError {
-            reason: "InvalidImageName",
+            reason: WaitingReason::InvalidImageName,
             message: format!("image {image:?}: only absolute paths of executables on the node are supported"),
         });
     }
     if !is_executable(image) {
         return Err(ImageError {
-            reason: "ErrImageNeverPull",
+            reason: WaitingReason::ErrImageNeverPull,
             message: format!(
                 "image {image:?} is not an executable file on this node (path images are never installed)"
             ),
@@ -78,7 +86,12 @@ pub fn resolve_path_image(image: &str) -> Result<ImageInfo, ImageError> {
 
 #[async_trait]
 impl Images for PathImages {
-    async fn ensure(&self, image: &str, _pull_policy: &str, _events: &dyn PullEvents) -> Result<ImageInfo, ImageError> {
+    async fn ensure(
+        &self,
+        image: &str,
+        _pull_policy: PullPolicy,
+        _events: &dyn PullEvents,
+    ) -> Result<ImageInfo, ImageError> {
         resolve_path_image(image)
     }
 }
@@ -92,8 +105,8 @@ mod tests {
         let ok = resolve_path_image("/bin/sh").unwrap();
         assert_eq!(ok.entrypoint, ["/bin/sh"]);
         assert_eq!(ok.image_id, "file:///bin/sh");
-        assert_eq!(resolve_path_image("/usr/lib/os-release").unwrap_err().reason, "ErrImageNeverPull");
-        assert_eq!(resolve_path_image("/nonexistent/x").unwrap_err().reason, "ErrImageNeverPull");
-        assert_eq!(resolve_path_image("busybox").unwrap_err().reason, "InvalidImageName");
+        assert_eq!(resolve_path_image("/usr/lib/os-release").unwrap_err().reason, WaitingReason::ErrImageNeverPull);
+        assert_eq!(resolve_path_image("/nonexistent/x").unwrap_err().reason, WaitingReason::ErrImageNeverPull);
+        assert_eq!(resolve_path_image("busybox").unwrap_err().reason, WaitingReason::InvalidImageName);
     }
 }

@@ -7,6 +7,7 @@
 //!   the candidate, as in container registries.
 
 use super::ImageError;
+use crate::reason::WaitingReason;
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,7 +31,7 @@ pub enum ImageRef {
 }
 
 fn invalid(image: &str, why: &str) -> ImageError {
-    ImageError { reason: "InvalidImageName", message: format!("image {image:?}: {why}") }
+    ImageError { reason: WaitingReason::InvalidImageName, message: format!("image {image:?}: {why}") }
 }
 
 /// Debian policy 5.6.1: lowercase letters, digits, `+`, `-`, `.`; at least two characters,
@@ -134,7 +135,7 @@ mod tests {
         assert_eq!(parse("g++:4.2~rc1").unwrap(), pkg("g++", Some("4.2~rc1")));
         for bad in ["Uptimed", "a", "busybox:", "x:abc", "x=1:", "docker.io/library/busybox:1.36", "nginx@sha256:ab"] {
             let e = parse(bad).unwrap_err();
-            assert_eq!(e.reason, "InvalidImageName", "{bad}");
+            assert_eq!(e.reason, WaitingReason::InvalidImageName, "{bad}");
             assert!(e.message.contains(bad), "{}", e.message);
         }
     }
@@ -152,7 +153,7 @@ mod tests {
             ImageRef::Url { url: "https://x.example/t.deb".into(), sha256: None }
         );
         for bad in ["http://x.example/t.deb", "https://x.example/t.deb#md5=1", "https://x.example/t.tar", "https://"] {
-            assert_eq!(parse(bad).unwrap_err().reason, "InvalidImageName", "{bad}");
+            assert_eq!(parse(bad).unwrap_err().reason, WaitingReason::InvalidImageName, "{bad}");
         }
     }
 }

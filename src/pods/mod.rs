@@ -1,31 +1,42 @@
 //! Pods bound to this node, run as systemd units.
 //!
-//! [`PodManager`] watches the pods with `spec.nodeName=<node>` (the only pods the Node
-//! authorizer lets a node see) through kube-runtime's watcher, and routes every pod event and
-//! every unit change (D-Bus `PropertiesChanged` signals) to that pod's [`worker::Worker`]. At
-//! start-up it reads the vks units already on the node (their `[X-Kubernetes]` sections) and
-//! hands them to the workers of their pods, so running units are adopted, never restarted.
-//! Units whose pod no longer exists are stopped and removed (at start-up, after every re-list,
-//! and periodically); files without a complete `[X-Kubernetes]` section are never touched.
+//! [`PodManager`] consumes the stream of pod events of this node (the daemon gives it
+//! kube-runtime's watcher on `spec.nodeName=<node>`, the only pods the Node authorizer lets a
+//! node see; tests give it a channel) and routes every pod event and every unit change (D-Bus
+//! `PropertiesChanged` signals) to that pod's [`worker::Worker`]. At start-up it reads the vks
+//! units already on the node (their `[X-Kubernetes]` sections) and hands them to the workers of
+//! their pods, so running units are adopted, never restarted. Units whose pod no longer exists
+//! are stopped and removed (at start-up, after every re-list, and periodically); files without a
+//! complete `[X-Kubernetes]` section are never touched.
+//!
+//! Workers are supervised: a worker that panics is logged with its pod and replaced by a new one
+//! (after a back-off that grows with repeated panics), which adopts the pod's units and drives
+//! the pod again.
 
+pub mod api;
 pub mod backoff;
+pub mod fields;
 pub mod status;
+#[cfg(test)]
+mod tests;
 pub mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::PodRef;
+use crate::notify::Heartbeat;
 use crate::systemd::UnitEvent;
 use crate::unit::{ContainerKind, UnitMeta, name::PREFIX};
 pub use worker::Shared;
@@ -33,10 +44,26 @@ use worker::{Adopted, Msg, Worker};
 
 /// How often every worker re-reads its units even without signals (the safety net).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the manager's loop shows progress to the watchdog while nothing happens.
+const BEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest wait before a worker that panicked is replaced.
+const RESPAWN_MAX: Duration = Duration::from_secs(60);
+
+/// The pod events of this node, as kube-runtime's watcher delivers them.
+pub type PodEvents = BoxStream<'static, Result<Event<Pod>, watcher::Error>>;
 
 struct Handle {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     units: Vec<String>,
+    /// The pod as last seen, to start a new worker from if this one panics.
+    pod: Pod,
+    gone: bool,
+}
+
+/// A pod whose worker panicked, waiting to get a new one.
+struct Respawn {
+    pod: Pod,
+    gone: bool,
 }
 
 /// Runs the pods of this node.
@@ -48,24 +75,41 @@ pub struct PodManager {
     /// Units found on the node that no worker has claimed yet, by pod UID.
     adopted: HashMap<String, Vec<Adopted>>,
     tasks: JoinSet<String>,
+    task_pods: HashMap<tokio::task::Id, String>,
+    /// Pods whose worker panicked, by UID, and when to start a new one.
+    respawn: HashMap<String, Respawn>,
+    respawn_at: BTreeSet<(Instant, String)>,
+    /// Panics per pod UID, for the back-off.
+    panics: HashMap<String, u32>,
     cancel: CancellationToken,
     /// Number of pods with a worker, for the service status line.
-    count: Arc<std::sync::atomic::AtomicUsize>,
+    count: Arc<AtomicUsize>,
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let p = e.into_panic();
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 impl PodManager {
     /// A manager; nothing happens until [`PodManager::run`].
-    pub fn new(
-        shared: Arc<Shared>,
-        cancel: CancellationToken,
-        count: Arc<std::sync::atomic::AtomicUsize>,
-    ) -> PodManager {
+    pub fn new(shared: Arc<Shared>, cancel: CancellationToken, count: Arc<AtomicUsize>) -> PodManager {
         PodManager {
             shared,
             workers: HashMap::new(),
             index: HashMap::new(),
             adopted: HashMap::new(),
             tasks: JoinSet::new(),
+            task_pods: HashMap::new(),
+            respawn: HashMap::new(),
+            respawn_at: BTreeSet::new(),
+            panics: HashMap::new(),
             cancel,
             count,
         }
@@ -100,7 +144,7 @@ impl PodManager {
 
     fn spawn(&mut self, pod: Pod, adopted: Vec<Adopted>, gone: bool) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let (worker, tx) = Worker::new(self.shared.clone(), pod, adopted);
+        let (worker, tx) = Worker::new(self.shared.clone(), pod.clone(), adopted);
         let units = worker.unit_names();
         for u in &units {
             self.index.entry(u.clone()).or_default().push(uid.clone());
@@ -108,19 +152,26 @@ impl PodManager {
         if gone {
             let _ = tx.send(Msg::Gone);
         }
-        self.workers.insert(uid.clone(), Handle { tx, units });
-        self.count.store(self.workers.len(), std::sync::atomic::Ordering::Relaxed);
+        self.workers.insert(uid.clone(), Handle { tx, units, pod, gone });
+        self.count.store(self.workers.len(), Ordering::Relaxed);
         let cancel = self.cancel.clone();
-        self.tasks.spawn(async move {
+        let task_uid = uid.clone();
+        let handle = self.tasks.spawn(async move {
             worker.run(cancel).await;
-            uid
+            task_uid
         });
+        self.task_pods.insert(handle.id(), uid);
     }
 
     fn route(&mut self, pod: Pod) {
         let Some(uid) = pod.metadata.uid.clone() else { return };
-        if let Some(h) = self.workers.get(&uid) {
+        if let Some(h) = self.workers.get_mut(&uid) {
+            h.pod = pod.clone();
             let _ = h.tx.send(Msg::Pod(Box::new(pod)));
+            return;
+        }
+        if let Some(r) = self.respawn.get_mut(&uid) {
+            r.pod = pod;
             return;
         }
         let adopted = self.adopted.remove(&uid).unwrap_or_default();
@@ -128,22 +179,78 @@ impl PodManager {
     }
 
     fn gone(&mut self, uid: &str) {
-        if let Some(h) = self.workers.get(uid) {
+        if let Some(h) = self.workers.get_mut(uid) {
+            h.gone = true;
             let _ = h.tx.send(Msg::Gone);
+        }
+        if let Some(r) = self.respawn.get_mut(uid) {
+            r.gone = true;
         }
     }
 
-    fn finished(&mut self, uid: &str) {
-        if let Some(h) = self.workers.remove(uid) {
-            self.count.store(self.workers.len(), std::sync::atomic::Ordering::Relaxed);
-            for u in h.units {
-                if let Some(list) = self.index.get_mut(&u) {
-                    list.retain(|x| x != uid);
-                    if list.is_empty() {
-                        self.index.remove(&u);
-                    }
+    /// Forgets a worker that ended; returns its handle.
+    fn finished(&mut self, uid: &str) -> Option<Handle> {
+        let h = self.workers.remove(uid)?;
+        self.count.store(self.workers.len(), Ordering::Relaxed);
+        for u in &h.units {
+            if let Some(list) = self.index.get_mut(u) {
+                list.retain(|x| x != uid);
+                if list.is_empty() {
+                    self.index.remove(u);
                 }
             }
+        }
+        Some(h)
+    }
+
+    /// A worker task ended: normally (its pod is gone from the node) or by a panic, in which
+    /// case a new worker is started for the pod after a back-off.
+    fn worker_ended(&mut self, done: Result<(tokio::task::Id, String), tokio::task::JoinError>) {
+        let (id, result) = match done {
+            Ok((id, uid)) => (id, Ok(uid)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let Some(uid) = self.task_pods.remove(&id) else { return };
+        let e = match result {
+            Ok(_) => {
+                self.finished(&uid);
+                self.panics.remove(&uid);
+                return;
+            }
+            Err(e) => e,
+        };
+        if e.is_cancelled() {
+            self.finished(&uid);
+            return;
+        }
+        let Some(h) = self.finished(&uid) else { return };
+        let n = self.panics.entry(uid.clone()).or_default();
+        *n += 1;
+        let delay = (Duration::from_secs(1) * 2u32.saturating_pow((*n - 1).min(10))).min(RESPAWN_MAX);
+        let pod = PodRef::of(&h.pod);
+        log::error!(
+            pod = pod.to_string().as_str();
+            "the worker of pod {pod} panicked ({}); a new worker takes over in {}s",
+            panic_message(e),
+            delay.as_secs()
+        );
+        self.respawn_at.insert((Instant::now() + delay, uid.clone()));
+        self.respawn.insert(uid, Respawn { pod: h.pod, gone: h.gone });
+    }
+
+    /// Starts new workers for the pods whose respawn time has come.
+    async fn respawn_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(Instant, String)> = self.respawn_at.iter().take_while(|(at, _)| *at <= now).cloned().collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut found = self.scan_units().await;
+        for key in due {
+            self.respawn_at.remove(&key);
+            let Some(r) = self.respawn.remove(&key.1) else { continue };
+            let adopted = found.remove(&key.1).unwrap_or_default();
+            self.spawn(r.pod, adopted, r.gone);
         }
     }
 
@@ -151,49 +258,50 @@ impl PodManager {
     async fn sweep(&mut self) {
         let mut orphans = std::mem::take(&mut self.adopted);
         for (uid, units) in self.scan_units().await {
-            if !self.workers.contains_key(&uid) {
+            if !self.workers.contains_key(&uid) && !self.respawn.contains_key(&uid) {
                 orphans.entry(uid).or_default().extend(units);
             }
         }
         for (uid, mut units) in orphans {
-            if self.workers.contains_key(&uid) {
+            if self.workers.contains_key(&uid) || self.respawn.contains_key(&uid) {
                 continue;
             }
             units.sort_by(|a, b| a.unit.cmp(&b.unit));
             units.dedup_by(|a, b| a.unit == b.unit);
-            let m = &units[0].meta;
+            let pod = orphan_pod(&units);
+            let id = PodRef::of(&pod);
             log::info!(
-                pod = format!("{}/{}", m.namespace, m.pod).as_str();
-                "pod {}/{} ({uid}) is no longer on this node: removing its {} unit(s)",
-                m.namespace,
-                m.pod,
+                pod = id.to_string().as_str();
+                "pod {id} ({uid}) is no longer on this node: removing its {} unit(s)",
                 units.len()
             );
-            let pod = orphan_pod(&units);
             self.spawn(pod, units, true);
         }
     }
 
-    /// Runs until `cancel` fires.
-    pub async fn run(mut self, node_name: &str) -> anyhow::Result<()> {
+    /// Runs until `cancel` fires, or returns an error when the pod event stream ends.
+    pub async fn run(mut self, mut pods: PodEvents, heartbeat: Heartbeat) -> anyhow::Result<()> {
         self.adopted = self.scan_units().await;
         let adopted_units: usize = self.adopted.values().map(Vec::len).sum();
         if adopted_units > 0 {
             log::info!("found {adopted_units} vks unit(s) on the node; adopting them");
         }
         let mut unit_events = self.shared.systemd.watch(PREFIX).await?;
-        let api: Api<Pod> = Api::all(self.shared.watch_client.clone());
-        let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-        let mut pods = watcher::watcher(api, config).default_backoff().boxed();
         let mut listing: Option<HashSet<String>> = None;
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
+        let mut beat = tokio::time::interval(BEAT_INTERVAL);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            heartbeat.beat();
+            crate::failpoint!("pod-manager-exit", |_| Ok(()));
+            crate::failpoint!("pod-manager-stall");
+            let next_respawn = self.respawn_at.first().map(|(at, _)| *at);
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 ev = pods.next() => match ev {
-                    None => break,
+                    None => anyhow::bail!("the pod watch ended"),
                     Some(Err(e)) => self.shared.health.report("watching pods", &e.into()),
                     Some(Ok(ev)) => {
                         self.shared.health.ok();
@@ -207,8 +315,13 @@ impl PodManager {
                             }
                             Event::InitDone => {
                                 let seen = listing.take().unwrap_or_default();
-                                let missing: Vec<String> =
-                                    self.workers.keys().filter(|u| !seen.contains(*u)).cloned().collect();
+                                let missing: Vec<String> = self
+                                    .workers
+                                    .keys()
+                                    .chain(self.respawn.keys())
+                                    .filter(|u| !seen.contains(*u))
+                                    .cloned()
+                                    .collect();
                                 for uid in missing {
                                     self.gone(&uid);
                                 }
@@ -232,17 +345,7 @@ impl PodManager {
                         }
                     }
                     Some(UnitEvent::Resync) => self.resync_all(),
-                    None => {
-                        log::error!("lost the D-Bus signal stream from systemd; relying on resync");
-                        unit_events = match self.shared.systemd.watch(PREFIX).await {
-                            Ok(rx) => rx,
-                            Err(e) => {
-                                log::error!("re-subscribing to systemd signals: {e}");
-                                let (_tx, rx) = mpsc::unbounded_channel();
-                                rx
-                            }
-                        };
-                    }
+                    None => anyhow::bail!("the stream of unit changes from systemd ended"),
                 },
                 _ = resync.tick() => {
                     self.resync_all();
@@ -250,12 +353,9 @@ impl PodManager {
                         self.sweep().await;
                     }
                 }
-                Some(done) = self.tasks.join_next() => {
-                    match done {
-                        Ok(uid) => self.finished(&uid),
-                        Err(e) => log::error!("a pod worker failed: {e}"),
-                    }
-                }
+                _ = beat.tick() => {}
+                () = sleep_until(next_respawn) => self.respawn_due().await,
+                Some(done) = self.tasks.join_next_with_id() => self.worker_ended(done),
             }
         }
         // vks is stopping: workers exit on the same cancellation; the pods keep running.
@@ -277,6 +377,13 @@ impl PodManager {
     /// Whether no pod has a worker.
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

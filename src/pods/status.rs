@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use crate::policy::RestartPolicy;
+use crate::reason::WaitingReason;
 use crate::systemd::{ExitKind, UnitStatus};
 use crate::unit::ContainerKind;
 
@@ -18,7 +20,7 @@ pub enum CState {
     /// Not running; `reason` is the kubelet's (ContainerCreating, CrashLoopBackOff, ...).
     Waiting {
         /// Machine-readable reason.
-        reason: String,
+        reason: WaitingReason,
         /// Human-readable detail.
         message: Option<String>,
     },
@@ -33,14 +35,23 @@ pub enum CState {
 
 impl CState {
     /// A waiting state.
-    pub fn waiting(reason: &str, message: impl Into<Option<String>>) -> CState {
-        CState::Waiting { reason: reason.to_owned(), message: message.into() }
+    pub fn waiting(reason: WaitingReason, message: impl Into<Option<String>>) -> CState {
+        CState::Waiting { reason, message: message.into() }
+    }
+
+    /// One word for logs: the waiting reason, `Running` or `Terminated(<exit code>)`.
+    pub fn summary(&self) -> String {
+        match self {
+            CState::Waiting { reason, .. } => reason.to_string(),
+            CState::Running { .. } => "Running".to_owned(),
+            CState::Terminated(t) => format!("Terminated({})", t.exit_code),
+        }
     }
 
     fn to_api(&self) -> ContainerState {
         match self {
             CState::Waiting { reason, message } => ContainerState {
-                waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+                waiting: Some(ContainerStateWaiting { reason: Some(reason.to_string()), message: message.clone() }),
                 ..ContainerState::default()
             },
             CState::Running { started_at } => ContainerState {
@@ -192,7 +203,7 @@ impl ContainerView {
 
 /// The kubelet's pod phase for these containers (`getPhase`, without alpha feature gates).
 /// `terminal` means vks has decided the pod will not run again.
-pub fn phase(restart_policy: &str, containers: &[ContainerView], terminal: bool) -> &'static str {
+pub fn phase(restart_policy: RestartPolicy, containers: &[ContainerView], terminal: bool) -> &'static str {
     let (mut pending_init, mut pending_sidecars, mut failed_init) = (0, 0, 0);
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     let restarting = |c: &ContainerView| matches!(c.state, CState::Waiting { .. }) && c.last_state.is_some();
@@ -233,7 +244,7 @@ pub fn phase(restart_policy: &str, containers: &[ContainerView], terminal: bool)
     let initialized = containers
         .iter()
         .any(|c| c.kind == ContainerKind::App && !matches!(c.state, CState::Waiting { .. } if !restarting(c)));
-    if failed_init > 0 && restart_policy == "Never" {
+    if failed_init > 0 && restart_policy == RestartPolicy::Never {
         return "Failed";
     }
     if pending_init > 0 || (pending_sidecars > 0 && !initialized) || waiting > 0 {
@@ -247,9 +258,9 @@ pub fn phase(restart_policy: &str, containers: &[ContainerView], terminal: bool)
             return if stopped == succeeded { "Succeeded" } else { "Failed" };
         }
         return match restart_policy {
-            "Always" => "Running",
+            RestartPolicy::Always => "Running",
             _ if stopped == succeeded => "Succeeded",
-            "Never" => "Failed",
+            RestartPolicy::Never => "Failed",
             _ => "Running",
         };
     }
@@ -302,7 +313,7 @@ pub struct PodFacts<'a> {
 /// The full pod status: phase, conditions, container statuses, IPs, start time, QoS class.
 pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
     let spec = f.pod.spec.as_ref();
-    let policy = spec.and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let policy = RestartPolicy::of_pod(spec);
     let phase = phase(policy, containers, f.terminal);
     let old = f.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
 
@@ -435,12 +446,12 @@ mod tests {
     }
 
     fn creating() -> CState {
-        CState::waiting("ContainerCreating", None)
+        CState::waiting(WaitingReason::ContainerCreating, None)
     }
 
     fn crashloop(code: i32) -> (CState, Option<ContainerStateTerminated>) {
         (
-            CState::waiting("CrashLoopBackOff", None),
+            CState::waiting(WaitingReason::CrashLoopBackOff, None),
             Some(ContainerStateTerminated { exit_code: code, ..Default::default() }),
         )
     }
@@ -495,28 +506,34 @@ mod tests {
     fn phases_follow_the_kubelet() {
         use ContainerKind::*;
         let p = |policy, cs: Vec<ContainerView>| phase(policy, &cs, false);
-        assert_eq!(p("Always", vec![view("a", App, creating())]), "Pending");
-        assert_eq!(p("Always", vec![view("a", App, running())]), "Running");
-        assert_eq!(p("Always", vec![view("i", Init, running()), view("a", App, creating())]), "Pending");
-        assert_eq!(p("Never", vec![view("i", Init, exited(1)), view("a", App, creating())]), "Failed");
+        assert_eq!(p(RestartPolicy::Always, vec![view("a", App, creating())]), "Pending");
+        assert_eq!(p(RestartPolicy::Always, vec![view("a", App, running())]), "Running");
+        assert_eq!(p(RestartPolicy::Always, vec![view("i", Init, running()), view("a", App, creating())]), "Pending");
+        assert_eq!(p(RestartPolicy::Never, vec![view("i", Init, exited(1)), view("a", App, creating())]), "Failed");
         let (s, l) = crashloop(1);
         let mut i = view("i", Init, s);
         i.last_state = l;
-        assert_eq!(p("Always", vec![i.clone(), view("a", App, creating())]), "Pending");
-        assert_eq!(p("Never", vec![view("a", App, exited(0)), view("b", App, exited(0))]), "Succeeded");
-        assert_eq!(p("Never", vec![view("a", App, exited(0)), view("b", App, exited(2))]), "Failed");
-        assert_eq!(p("OnFailure", vec![view("a", App, exited(2))]), "Running");
-        assert_eq!(p("OnFailure", vec![view("a", App, exited(0))]), "Succeeded");
-        assert_eq!(p("Always", vec![view("a", App, exited(0))]), "Running");
+        assert_eq!(p(RestartPolicy::Always, vec![i.clone(), view("a", App, creating())]), "Pending");
+        assert_eq!(p(RestartPolicy::Never, vec![view("a", App, exited(0)), view("b", App, exited(0))]), "Succeeded");
+        assert_eq!(p(RestartPolicy::Never, vec![view("a", App, exited(0)), view("b", App, exited(2))]), "Failed");
+        assert_eq!(p(RestartPolicy::OnFailure, vec![view("a", App, exited(2))]), "Running");
+        assert_eq!(p(RestartPolicy::OnFailure, vec![view("a", App, exited(0))]), "Succeeded");
+        assert_eq!(p(RestartPolicy::Always, vec![view("a", App, exited(0))]), "Running");
         let (s, l) = crashloop(1);
         let mut a = view("a", App, s);
         a.last_state = l;
-        assert_eq!(p("Always", vec![a]), "Running");
-        assert_eq!(phase("Always", &[view("a", App, exited(0))], true), "Succeeded");
+        assert_eq!(p(RestartPolicy::Always, vec![a]), "Running");
+        assert_eq!(phase(RestartPolicy::Always, &[view("a", App, exited(0))], true), "Succeeded");
         // A sidecar that keeps running does not hold the pod in Running once apps are done.
-        assert_eq!(p("Never", vec![view("s", Sidecar, exited(137)), view("a", App, exited(0))]), "Succeeded");
-        assert_eq!(p("Never", vec![view("s", Sidecar, running()), view("a", App, running())]), "Running");
-        assert_eq!(p("Never", vec![view("s", Sidecar, creating()), view("a", App, creating())]), "Pending");
+        assert_eq!(
+            p(RestartPolicy::Never, vec![view("s", Sidecar, exited(137)), view("a", App, exited(0))]),
+            "Succeeded"
+        );
+        assert_eq!(p(RestartPolicy::Never, vec![view("s", Sidecar, running()), view("a", App, running())]), "Running");
+        assert_eq!(
+            p(RestartPolicy::Never, vec![view("s", Sidecar, creating()), view("a", App, creating())]),
+            "Pending"
+        );
     }
 
     fn pod(json: serde_json::Value) -> Pod {

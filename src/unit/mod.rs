@@ -291,6 +291,17 @@ pub fn resolve_executable(
         })
 }
 
+/// The containers of a pod in the order vks handles them (init containers, then app
+/// containers), each with its kind: an init container with `restartPolicy: Always` is a sidecar.
+pub fn pod_containers(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<(&Container, ContainerKind)> {
+    let init = spec.init_containers.iter().flatten().map(|c| {
+        let kind =
+            if c.restart_policy.as_deref() == Some("Always") { ContainerKind::Sidecar } else { ContainerKind::Init };
+        (c, kind)
+    });
+    init.chain(spec.containers.iter().map(|c| (c, ContainerKind::App))).collect()
+}
+
 /// Which restart policy applies to a container: the pod's for app containers, `Always` for
 /// sidecars, and for init containers the pod's with `Always` meaning `OnFailure`.
 pub fn effective_restart_policy(pod_policy: &str, kind: ContainerKind) -> &str {

@@ -1,0 +1,453 @@
+//! Which pod-spec fields vks honours, which it ignores (and why), and which it refuses: no
+//! field is silently dropped. The two tables below are the one source of truth: a unit test
+//! checks that they list exactly the fields of k8s-openapi's `PodSpec` and `Container`, and that
+//! README.md's "Pod fields" table is rendered from them ([`markdown`]).
+//!
+//! A refused field (when set to something vks cannot honour) makes the container wait with
+//! `CreateContainerConfigError` and a message naming the field ([`refusal`]); an ignored field
+//! set to a value that matters gets one Warning event per pod ([`warnings`]); a pod for another
+//! operating system is rejected at admission like the kubelet does ([`admission`]).
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume};
+
+/// What vks does with a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Applied with the same meaning as the kubelet.
+    Honoured,
+    /// Has no effect on a vks node (said in the note); a Warning event where it matters.
+    Ignored,
+    /// Not supported yet: a pod that sets it (as the note says) does not start.
+    Refused,
+}
+
+/// One field of the pod spec or of a container.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    /// Its name in the API.
+    pub name: &'static str,
+    /// What vks does with it.
+    pub treatment: Treatment,
+    /// How, or why not.
+    pub note: &'static str,
+}
+
+const fn f(name: &'static str, treatment: Treatment, note: &'static str) -> Field {
+    Field { name, treatment, note }
+}
+
+use Treatment::{Honoured, Ignored, Refused};
+
+/// `PodSpec`'s fields.
+pub const POD_FIELDS: &[Field] = &[
+    f("activeDeadlineSeconds", Refused, "not enforced yet"),
+    f("affinity", Ignored, "for the scheduler"),
+    f(
+        "automountServiceAccountToken",
+        Honoured,
+        "false: no token volume is injected (the token volume itself is not mounted yet)",
+    ),
+    f("containers", Honoured, "each container is a unit"),
+    f("dnsConfig", Refused, "pods use the node's resolver"),
+    f("dnsPolicy", Ignored, "pods use the node's resolver; `None` (which needs dnsConfig) is refused"),
+    f("enableServiceLinks", Ignored, "service environment variables are not injected yet"),
+    f("ephemeralContainers", Ignored, "not run yet (Warning event)"),
+    f("evictionResponders", Ignored, "no eviction on vks nodes"),
+    f("hostAliases", Refused, "pods use the node's /etc/hosts"),
+    f("hostIPC", Ignored, "every pod shares the node's IPC namespace"),
+    f("hostNetwork", Ignored, "every pod uses the node's network"),
+    f("hostPID", Ignored, "every pod shares the node's PID namespace"),
+    f("hostUsers", Refused, "false (user namespaces) is refused; pods run in the node's user namespace"),
+    f("hostname", Ignored, "containers see the node's host name (Warning event)"),
+    f("hostnameOverride", Ignored, "containers see the node's host name (Warning event)"),
+    f("imagePullSecrets", Ignored, "images are Debian packages or paths (Warning event)"),
+    f("initContainers", Honoured, "run in order; `restartPolicy: Always` makes a sidecar"),
+    f("nodeName", Honoured, "vks runs the pods bound to its node"),
+    f("nodeSelector", Ignored, "for the scheduler"),
+    f("os", Honoured, "`linux`; any other is rejected (PodOSNotSupported)"),
+    f("overhead", Ignored, "no runtime classes"),
+    f("preemptionPolicy", Ignored, "for the scheduler"),
+    f("priority", Ignored, "for the scheduler"),
+    f("priorityClassName", Ignored, "for the scheduler"),
+    f("readinessGates", Refused, "not evaluated yet"),
+    f("resourceClaims", Refused, "no dynamic resource allocation"),
+    f("resources", Refused, "pod-level resources are not applied yet"),
+    f("restartPolicy", Honoured, "with the kubelet's back-off"),
+    f("runtimeClassName", Refused, "no runtime classes"),
+    f("schedulerName", Ignored, "for the scheduler"),
+    f("schedulingGates", Ignored, "for the scheduler"),
+    f("schedulingGroup", Ignored, "for the scheduler"),
+    f("securityContext", Refused, "any field set: not applied yet"),
+    f("serviceAccount", Honoured, "deprecated alias of serviceAccountName"),
+    f("serviceAccountName", Honoured, "in fieldRef spec.serviceAccountName"),
+    f("setHostnameAsFQDN", Ignored, "containers see the node's host name (Warning event)"),
+    f("shareProcessNamespace", Ignored, "every pod shares the node's PID namespace"),
+    f("subdomain", Ignored, "containers see the node's host name (Warning event)"),
+    f("terminationGracePeriodSeconds", Honoured, "SIGTERM, then SIGKILL at its end"),
+    f("tolerations", Ignored, "for the scheduler"),
+    f("topologySpreadConstraints", Ignored, "for the scheduler"),
+    f("volumes", Refused, "not mounted yet; the API server's service-account token volume is ignored (Warning event)"),
+];
+
+/// `Container`'s fields.
+pub const CONTAINER_FIELDS: &[Field] = &[
+    f("args", Honoured, "replace the image's arguments; `$(VAR)` expanded"),
+    f("command", Honoured, "replaces the image's entrypoint; `$(VAR)` expanded"),
+    f("env", Honoured, "values and fieldRef; configMapKeyRef, secretKeyRef and resourceFieldRef are refused"),
+    f("envFrom", Refused, "not supported yet"),
+    f("image", Honoured, "a Debian package, an absolute path or a .deb URL"),
+    f("imagePullPolicy", Honoured, "as the kubelet's"),
+    f("lifecycle", Refused, "hooks are not run yet"),
+    f("livenessProbe", Refused, "probes are not run yet"),
+    f("name", Honoured, "part of the unit name"),
+    f("ports", Honoured, "informational: the port is the node's"),
+    f("readinessProbe", Refused, "probes are not run yet"),
+    f("resizePolicy", Ignored, "resources are not applied yet"),
+    f(
+        "resources",
+        Refused,
+        "limits are refused (not applied yet); requests are for the scheduler only (Warning event)",
+    ),
+    f("restartPolicy", Honoured, "`Always` on an init container makes it a sidecar"),
+    f("restartPolicyRules", Refused, "not supported yet"),
+    f("securityContext", Refused, "any field set: not applied yet"),
+    f("startupProbe", Refused, "probes are not run yet"),
+    f("stdin", Refused, "true: attach is not supported yet"),
+    f("stdinOnce", Ignored, "only with stdin"),
+    f("terminationMessagePath", Ignored, "no termination message yet (Warning event when not the default)"),
+    f("terminationMessagePolicy", Ignored, "no termination message yet (Warning event when not the default)"),
+    f("tty", Refused, "true: attach is not supported yet"),
+    f("volumeDevices", Refused, "no block devices"),
+    f("volumeMounts", Refused, "volumes are not mounted yet (mounts of the service-account token volume are ignored)"),
+    f("workingDir", Honoured, "WorkingDirectory="),
+];
+
+/// The fields of a JSON object that are set (not null, not an empty object or list).
+fn set_keys(v: &impl serde::Serialize) -> Vec<String> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter(|(_, v)| match v {
+                serde_json::Value::Null => false,
+                serde_json::Value::Object(o) => !o.is_empty(),
+                serde_json::Value::Array(a) => !a.is_empty(),
+                _ => true,
+            })
+            .map(|(k, _)| k)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The token volume the API server's ServiceAccount admission adds to every pod.
+fn is_token_volume(v: &Volume) -> bool {
+    v.name.starts_with("kube-api-access-")
+        && v.projected.as_ref().is_some_and(|p| p.sources.iter().flatten().any(|s| s.service_account_token.is_some()))
+}
+
+fn token_volume(spec: &PodSpec) -> Option<&str> {
+    spec.volumes.iter().flatten().find(|v| is_token_volume(v)).map(|v| v.name.as_str())
+}
+
+/// Why a pod is rejected at admission, as the kubelet would: `(reason, message)`.
+pub fn admission(pod: &Pod) -> Option<(&'static str, String)> {
+    let os = pod.spec.as_ref()?.os.as_ref()?;
+    (os.name != "linux").then(|| {
+        (
+            "PodOSNotSupported",
+            format!("Failed to admit pod as the OS {:?} is not supported by vks (spec.os.name)", os.name),
+        )
+    })
+}
+
+/// Why pod-level fields stop every container of the pod, if they do.
+fn pod_refusal(spec: &PodSpec) -> Option<String> {
+    let mut why: Vec<String> = Vec::new();
+    if spec.active_deadline_seconds.is_some() {
+        why.push("activeDeadlineSeconds is not enforced by vks yet".into());
+    }
+    if spec.dns_config.is_some() || spec.dns_policy.as_deref() == Some("None") {
+        why.push("dnsConfig (dnsPolicy None) is not supported: pods use the node's resolver".into());
+    }
+    if spec.host_aliases.as_ref().is_some_and(|a| !a.is_empty()) {
+        why.push("hostAliases is not supported: pods use the node's /etc/hosts".into());
+    }
+    if spec.host_users == Some(false) {
+        why.push("hostUsers: false (user namespaces) is not supported by vks".into());
+    }
+    if spec.readiness_gates.as_ref().is_some_and(|g| !g.is_empty()) {
+        why.push("readinessGates are not evaluated by vks yet".into());
+    }
+    if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
+        why.push("resourceClaims are not supported by vks".into());
+    }
+    if spec.resources.as_ref().is_some_and(|r| !set_keys(r).is_empty()) {
+        why.push("pod-level resources are not applied by vks yet".into());
+    }
+    if spec.runtime_class_name.is_some() {
+        why.push("runtimeClassName is not supported by vks".into());
+    }
+    if let Some(sc) = &spec.security_context {
+        let keys = set_keys(sc);
+        if !keys.is_empty() {
+            why.push(format!("securityContext ({}) is not applied by vks yet", keys.join(", ")));
+        }
+    }
+    let volumes: Vec<&str> =
+        spec.volumes.iter().flatten().filter(|v| !is_token_volume(v)).map(|v| v.name.as_str()).collect();
+    if !volumes.is_empty() {
+        why.push(format!("volumes ({}) are not mounted by vks yet", volumes.join(", ")));
+    }
+    (!why.is_empty()).then(|| format!("pod field {}", why.join("; ")))
+}
+
+/// Why container `c` of `pod` cannot be started as specified, naming the field: the message of
+/// its `CreateContainerConfigError`.
+pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(why) = pod_refusal(spec) {
+        return Some(format!("container {}: {why}", c.name));
+    }
+    let mut why: Vec<String> = Vec::new();
+    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+        why.push("envFrom is not supported by vks yet".into());
+    }
+    if c.lifecycle.as_ref().is_some_and(|l| !set_keys(l).is_empty()) {
+        why.push("lifecycle hooks are not run by vks yet".into());
+    }
+    for (name, set) in [
+        ("livenessProbe", c.liveness_probe.is_some()),
+        ("readinessProbe", c.readiness_probe.is_some()),
+        ("startupProbe", c.startup_probe.is_some()),
+    ] {
+        if set {
+            why.push(format!("{name} is not run by vks yet"));
+        }
+    }
+    if c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some_and(|l| !l.is_empty()) {
+        why.push("resources.limits are not applied by vks yet".into());
+    }
+    if c.restart_policy_rules.as_ref().is_some_and(|r| !r.is_empty()) {
+        why.push("restartPolicyRules are not supported by vks yet".into());
+    }
+    if let Some(sc) = &c.security_context {
+        let keys = set_keys(sc);
+        if !keys.is_empty() {
+            why.push(format!("securityContext ({}) is not applied by vks yet", keys.join(", ")));
+        }
+    }
+    if c.stdin == Some(true) || c.tty == Some(true) {
+        why.push("stdin/tty: attach is not supported by vks yet".into());
+    }
+    if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        why.push("volumeDevices are not supported by vks".into());
+    }
+    let token = token_volume(spec);
+    let mounts: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| Some(m.name.as_str()) != token)
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    if !mounts.is_empty() {
+        why.push(format!("volumeMounts ({}) are not mounted by vks yet", mounts.join(", ")));
+    }
+    (!why.is_empty()).then(|| format!("container {}: field {}", c.name, why.join("; ")))
+}
+
+/// The fields of `pod` vks ignores although they are set to something that matters: one
+/// Warning event each.
+pub fn warnings(pod: &Pod) -> Vec<String> {
+    let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+    let mut out = Vec::new();
+    if let Some(v) = token_volume(spec) {
+        out.push(format!(
+            "volume {v}: the service-account token is not mounted by vks yet; set automountServiceAccountToken: false to silence this"
+        ));
+    }
+    if spec.hostname.is_some()
+        || spec.subdomain.is_some()
+        || spec.set_hostname_as_fqdn == Some(true)
+        || spec.hostname_override.is_some()
+    {
+        out.push("hostname/subdomain: containers see the node's host name on vks".into());
+    }
+    if spec.image_pull_secrets.as_ref().is_some_and(|s| !s.is_empty()) {
+        out.push("imagePullSecrets are ignored: vks images are Debian packages or paths".into());
+    }
+    if spec.ephemeral_containers.as_ref().is_some_and(|e| !e.is_empty()) {
+        out.push("ephemeralContainers are not run by vks yet".into());
+    }
+    for c in unit_containers(spec) {
+        if c.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some_and(|r| !r.is_empty()) {
+            out.push(format!("container {}: resources.requests are used by the scheduler only; vks does not reserve or weight them yet", c.name));
+        }
+        let path = c.termination_message_path.as_deref().unwrap_or("/dev/termination-log");
+        let policy = c.termination_message_policy.as_deref().unwrap_or("File");
+        if path != "/dev/termination-log" || policy != "File" {
+            out.push(format!(
+                "container {}: terminationMessagePath/Policy: vks records no termination message yet",
+                c.name
+            ));
+        }
+    }
+    out
+}
+
+fn unit_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.init_containers.iter().flatten().chain(spec.containers.iter())
+}
+
+fn table(title: &str, fields: &[Field]) -> String {
+    let mut s = format!("| {title} | vks | how, or why not |\n|---|---|---|\n");
+    for f in fields {
+        let t = match f.treatment {
+            Honoured => "honoured",
+            Ignored => "ignored",
+            Refused => "refused",
+        };
+        s.push_str(&format!("| `{}` | {t} | {} |\n", f.name, f.note));
+    }
+    s
+}
+
+/// README.md's "Pod fields" tables.
+pub fn markdown() -> String {
+    format!("{}\n{}", table("PodSpec field", POD_FIELDS), table("Container field", CONTAINER_FIELDS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The field names serde's derived (or k8s-openapi's hand-written) `Deserialize` expects:
+    /// a deserializer that only records the `fields` argument of `deserialize_struct`.
+    fn field_names<T: serde::de::DeserializeOwned>() -> Vec<&'static str> {
+        struct Lister(std::cell::RefCell<Vec<&'static str>>);
+        #[derive(Debug)]
+        struct Stop;
+        impl std::fmt::Display for Stop {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("stop")
+            }
+        }
+        impl std::error::Error for Stop {}
+        impl serde::de::Error for Stop {
+            fn custom<M: std::fmt::Display>(_: M) -> Self {
+                Stop
+            }
+        }
+        impl<'de> serde::Deserializer<'de> for &Lister {
+            type Error = Stop;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+                Err(Stop)
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Stop> {
+                self.0.borrow_mut().extend_from_slice(fields);
+                Err(Stop)
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+                unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+            }
+        }
+        let l = Lister(Default::default());
+        let _ = T::deserialize(&l);
+        let mut v = l.0.into_inner();
+        v.sort_unstable();
+        v
+    }
+
+    fn names(fields: &[Field]) -> Vec<&'static str> {
+        let mut v: Vec<_> = fields.iter().map(|f| f.name).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn the_tables_list_exactly_the_apis_fields() {
+        assert_eq!(names(POD_FIELDS), field_names::<PodSpec>(), "PodSpec fields changed: update POD_FIELDS");
+        assert_eq!(
+            names(CONTAINER_FIELDS),
+            field_names::<Container>(),
+            "Container fields changed: update CONTAINER_FIELDS"
+        );
+    }
+
+    #[test]
+    fn the_readme_shows_the_tables() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let begin = "<!-- pod fields: generated from src/pods/fields.rs, checked by its tests -->\n";
+        let start = readme.find(begin).expect("README has the pod fields marker") + begin.len();
+        let end = readme[start..].find("<!-- end of pod fields -->").expect("README has the end marker") + start;
+        if std::env::var_os("VKS_UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, format!("{}{}{}", &readme[..start], markdown(), &readme[end..])).unwrap();
+            return;
+        }
+        assert_eq!(&readme[start..end], markdown(), "README's pod fields table is stale: run with VKS_UPDATE_GOLDEN=1");
+    }
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn what_the_api_server_adds_to_every_pod_is_accepted() {
+        // A pod as the API server stores it: defaults and the service-account token volume.
+        let p = pod(serde_json::json!({
+            "dnsPolicy": "ClusterFirst", "enableServiceLinks": true, "restartPolicy": "Always",
+            "schedulerName": "default-scheduler", "securityContext": {}, "serviceAccountName": "default",
+            "terminationGracePeriodSeconds": 30, "priority": 0, "preemptionPolicy": "PreemptLowerPriority",
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
+            "volumes": [{"name": "kube-api-access-x2k9d", "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}],
+            "containers": [{"name": "c", "image": "uptimed", "imagePullPolicy": "Always", "resources": {},
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+                "volumeMounts": [{"name": "kube-api-access-x2k9d", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]}]
+        }));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(refusal(&p, c), None);
+        assert_eq!(admission(&p), None);
+        let w = warnings(&p);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("volume kube-api-access-x2k9d:"), "{w:?}");
+    }
+
+    #[test]
+    fn refused_fields_are_named() {
+        let p = pod(serde_json::json!({"containers": [{"name": "c", "image": "x",
+            "livenessProbe": {"exec": {"command": ["true"]}},
+            "securityContext": {"runAsUser": 1000},
+            "resources": {"limits": {"memory": "256Mi"}}}]}));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            refusal(&p, c).unwrap(),
+            "container c: field livenessProbe is not run by vks yet; resources.limits are not applied by vks yet; \
+             securityContext (runAsUser) is not applied by vks yet"
+        );
+        let p = pod(
+            serde_json::json!({"securityContext": {"runAsNonRoot": true}, "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": "x"}]}),
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            refusal(&p, c).unwrap(),
+            "container c: pod field securityContext (runAsNonRoot) is not applied by vks yet; volumes (data) are not mounted by vks yet"
+        );
+    }
+
+    #[test]
+    fn pods_for_other_operating_systems_are_rejected() {
+        let p = pod(serde_json::json!({"os": {"name": "windows"}, "containers": []}));
+        assert_eq!(admission(&p).unwrap().0, "PodOSNotSupported");
+        assert_eq!(admission(&pod(serde_json::json!({"os": {"name": "linux"}, "containers": []}))), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! Graceful deletion, as the kubelet does it: SIGTERM to the app (and init) containers, then to
+//! the sidecars once the apps are gone, SIGKILL to whatever still runs at the end of the grace
+//! period; then the units and the pod directory are removed and the pod object deleted.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::super::api::PodApiError;
+use super::{CALL_RETRY, Deletion, Flow, Stage, Worker};
+use crate::events::EventType;
+use crate::systemd::{KillWhom, Signal, SystemdError};
+use crate::unit::ContainerKind;
+
+/// How long a force-deleted pod's containers get after SIGTERM (the kubelet's minimum).
+const FORCE_DELETE_GRACE: Duration = Duration::from_secs(2);
+/// How often SIGKILL is repeated after the grace period until everything is gone.
+const KILL_REPEAT: Duration = Duration::from_millis(500);
+
+impl Worker {
+    /// The grace period: the deletion's, else the pod's, else 30 s; short when the pod is gone.
+    fn grace(&self) -> Duration {
+        if self.api_gone {
+            return FORCE_DELETE_GRACE;
+        }
+        let secs = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0);
+        Duration::from_secs(secs as u64)
+    }
+
+    /// Sends `signal` to the running containers of `kinds`, last container first. SIGTERM goes
+    /// to the main process once per container; SIGKILL to every process of the unit.
+    async fn signal(&mut self, kinds: &[ContainerKind], signal: Signal) {
+        for i in (0..self.ctrs.len()).rev() {
+            let c = &self.ctrs[i];
+            if !kinds.contains(&c.kind) || !c.running() {
+                continue;
+            }
+            let unit = c.unit.clone();
+            if signal == Signal::SIGTERM {
+                let Some(d) = self.deletion.as_mut() else { return };
+                if d.sent_sigterm.contains(&unit) {
+                    continue;
+                }
+                d.sent_sigterm.push(unit.clone());
+                let note = format!("Stopping container {}", c.spec.name);
+                self.event(EventType::Normal, "Killing", note);
+            }
+            let whom = if signal == Signal::SIGTERM { KillWhom::Main } else { KillWhom::All };
+            if let Err(e) = self.shared.systemd.kill(&unit, whom, signal).await {
+                log::debug!(unit = unit.as_str(); "{signal} to {unit}: {e}");
+            }
+        }
+    }
+
+    /// One round of a graceful deletion.
+    pub(super) async fn terminate(&mut self) -> Flow {
+        let now = Instant::now();
+        let grace = self.grace();
+        match &mut self.deletion {
+            None => {
+                log::info!(pod = self.id.to_string().as_str(); "stopping pod {} (grace {}s)", self.id, grace.as_secs());
+                self.deletion = Some(Deletion {
+                    deadline: now + grace,
+                    stage: Stage::Apps,
+                    sent_sigterm: Vec::new(),
+                    sent_sigkill: false,
+                });
+            }
+            // A shorter grace period (a second delete, or a force delete) moves the deadline in.
+            Some(d) => d.deadline = d.deadline.min(now + grace),
+        }
+        for c in &mut self.ctrs {
+            c.restart_at = None;
+        }
+        if self.deletion.as_ref().is_some_and(|d| now >= d.deadline) {
+            self.signal(&[ContainerKind::App, ContainerKind::Init, ContainerKind::Sidecar], Signal::SIGKILL).await;
+            if let Some(d) = self.deletion.as_mut() {
+                if !d.sent_sigkill {
+                    log::info!(pod = self.id.to_string().as_str(); "grace period of pod {} over: killing what still runs", self.id);
+                }
+                d.sent_sigkill = true;
+                d.deadline = now + KILL_REPEAT;
+            }
+        }
+        if self.ctrs.iter().any(|c| c.kind != ContainerKind::Sidecar && c.running()) {
+            self.signal(&[ContainerKind::App, ContainerKind::Init], Signal::SIGTERM).await;
+            self.publish().await;
+            return Flow::Continue;
+        }
+        if let Some(d) = self.deletion.as_mut() {
+            d.stage = Stage::Sidecars;
+        }
+        if self.ctrs.iter().any(|c| c.running()) {
+            self.signal(&[ContainerKind::Sidecar], Signal::SIGTERM).await;
+            self.publish().await;
+            return Flow::Continue;
+        }
+        if !self.remove_units().await {
+            return Flow::Continue;
+        }
+        if !self.api_gone {
+            // Final status, then the deletion for good (see PodApi::delete).
+            self.terminal = true;
+            if let Flow::Done = self.publish().await {
+                return self.finish();
+            }
+            match self.shared.api.delete(&self.id).await {
+                Ok(()) => self.shared.health.ok(),
+                Err(PodApiError::Gone(_)) => {}
+                Err(e) => {
+                    self.shared.health.report(&format!("deleting pod {}", self.id), &e.into());
+                    self.status_retry = Some(Instant::now() + CALL_RETRY);
+                    return Flow::Continue;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// Everything stopped: removes the units and the pod directory. False when a unit file could
+    /// not be removed (tried again next round).
+    async fn remove_units(&mut self) -> bool {
+        for c in &self.ctrs {
+            if c.written.is_none() && c.unit_status.is_none() {
+                continue;
+            }
+            let sd = &self.shared.systemd;
+            if let Err(e) = sd.stop(&c.unit).await
+                && !matches!(e, SystemdError::NoSuchUnit(_))
+            {
+                log::warn!(unit = c.unit.as_str(); "stopping unit {}: {e}", c.unit);
+            }
+            if let Err(e) = sd.remove_unit_file(&c.unit).await {
+                log::warn!(unit = c.unit.as_str(); "{e}");
+                return false;
+            }
+            let _ = sd.reset_failed(&c.unit).await;
+        }
+        let dir = self.shared.pod_dir.join(&self.id.uid);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("removing pod directory {}: {e}", dir.display());
+        }
+        for c in &mut self.ctrs {
+            c.written = None;
+        }
+        true
+    }
+
+    pub(super) fn finish(&mut self) -> Flow {
+        for c in &self.ctrs {
+            self.shared.release(&c.unit, &self.id.uid);
+        }
+        Flow::Done
+    }
+
+    /// Stops the sidecars of a pod whose app containers are done, last first.
+    pub(super) async fn stop_sidecars(&mut self) {
+        for i in (0..self.ctrs.len()).rev() {
+            let c = &self.ctrs[i];
+            if c.kind == ContainerKind::Sidecar && c.running() {
+                let unit = c.unit.clone();
+                if let Err(e) = self.shared.systemd.stop(&unit).await {
+                    log::warn!(unit = unit.as_str(); "stopping sidecar unit {unit}: {e}");
+                }
+            }
+        }
+    }
+}
