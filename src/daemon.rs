@@ -254,9 +254,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let health = Arc::new(ApiHealth::default());
     let password_hash = joining.as_ref().map(join::Settings::password_hash).transpose()?;
+    let beats = Heartbeats::default();
+    let pods_synced = tokio::sync::watch::Sender::new(false);
     let agent = Arc::new(
         NodeAgent::new(client.clone(), config.clone(), id.clone(), systemd.clone(), health.clone())
-            .with_password_hash(password_hash),
+            .with_password_hash(password_hash)
+            .with_loops(beats.clone(), pods_synced.subscribe()),
     );
     notify::status(&format!("registering node {}", id.name));
     match agent.register(&shutdown).await {
@@ -265,7 +268,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         Err(e) => return Err(e),
     }
 
-    let beats = Heartbeats::default();
     let mut tasks = Tasks::new();
     // Every loop stops on `cancel`: the shutdown token, or a failure of another loop.
     let cancel = shutdown.child_token();
@@ -307,7 +309,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     ));
     let pod_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
-        let manager = PodManager::new(shared, cancel.clone(), pod_count.clone());
+        let manager = PodManager::new(shared, cancel.clone(), pod_count.clone()).reporting_sync_to(pods_synced);
         let api: Api<Pod> = Api::all(clients.watches.clone());
         let selector = watcher::Config::default().fields(&format!("spec.nodeName={}", id.name));
         let pods = watcher::watcher(api, selector).default_backoff().boxed();

@@ -6,7 +6,7 @@ vks_install_deps() {
   local pkgs=() p
   # package:command pairs; the command tells whether the package is there.
   for p in curl:curl openssl:openssl gcc:gcc dbus:dbus-daemon systemd:systemctl util-linux:setpriv \
-           dpkg-dev:dpkg-deb iproute2:ip procps:ps gnupg:gpg python3:python3 lintian:lintian; do
+           dpkg-dev:dpkg-deb iproute2:ip procps:ps gnupg:gpg python3:python3 lintian:lintian shellcheck:shellcheck; do
     command -v "${p#*:}" >/dev/null 2>&1 || pkgs+=("${p%%:*}")
   done
   if [ ${#pkgs[@]} -gt 0 ]; then
@@ -19,10 +19,15 @@ vks_install_deps() {
   for t in cargo go kubectl; do
     command -v "$t" >/dev/null || { echo "deps: $t is required but not installed" >&2; return 1; }
   done
-  # cargo-deb builds the Debian package (Cargo.toml [package.metadata.deb]).
+  # cargo-deb builds the Debian package (Cargo.toml [package.metadata.deb]); cargo-deny checks
+  # licenses, duplicates and sources (deny.toml).
   if ! cargo deb --version >/dev/null 2>&1; then
     echo "deps: installing cargo-deb (cargo install --locked)" >&2
     cargo install --locked cargo-deb >&2 || { echo "deps: cannot install cargo-deb" >&2; return 1; }
+  fi
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "deps: installing cargo-deny (cargo install --locked)" >&2
+    cargo install --locked cargo-deny >&2 || { echo "deps: cannot install cargo-deny" >&2; return 1; }
   fi
 }
 

@@ -139,6 +139,7 @@ node_kill_all() {
     # tasks only in v1 hierarchies (should not happen): kill them one by one
     if [ "$i" -eq 40 ]; then
       while read -r cg; do
+        # shellcheck disable=SC2038 # xargs reads PIDs (the files' contents), not file names
         [ -d "$cg" ] && { find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true; }
       done 2>/dev/null <"$state/cgdirs" || true
     fi

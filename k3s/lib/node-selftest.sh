@@ -58,7 +58,7 @@ t=$(date +%s%N); "$NODE" up $B; echo "     $B up in $(ms "$t") ms"
 ipa=$("$NODE" ip $A) ipb=$("$NODE" ip $B)
 [ "$ipa" != "$ipb" ] || fail "same ip"; ok "two nodes running: $A=$ipa $B=$ipb"
 "$NODE" exec $B systemd-run -q --unit=selftest-http python3 -m http.server --bind "$ipb" 10250
-for i in $(seq 50); do "$NODE" exec $A python3 -c "import urllib.request as u; u.urlopen('http://$ipb:10250/', timeout=1)" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do "$NODE" exec $A python3 -c "import urllib.request as u; u.urlopen('http://$ipb:10250/', timeout=1)" 2>/dev/null && break; sleep 0.1; done
 "$NODE" exec $A python3 -c "import urllib.request as u; u.urlopen('http://$ipb:10250/', timeout=1)" || fail "node->node"
 ok "$A reaches a server on $ipb:10250 in $B"
 

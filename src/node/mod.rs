@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiHealth, Backoff};
 use crate::config::Config;
 use crate::host::HostFacts;
+use crate::notify::Heartbeats;
 use crate::systemd::Systemd;
 pub use status::{NodeIdentity, Readiness};
 
@@ -37,6 +38,9 @@ pub struct NodeAgent {
     /// This machine's node-password hash, when it joined with a token: the Node carries it in
     /// the `vks.io/node-password-hash` annotation, and a Node with another hash is refused.
     password_hash: Option<String>,
+    /// The daemon's loops and whether the pods were synced once: the node is Ready only when
+    /// vks actually runs its pods.
+    loops: Option<(Heartbeats, tokio::sync::watch::Receiver<bool>)>,
 }
 
 /// One reading of everything the status is made of.
@@ -55,7 +59,29 @@ impl NodeAgent {
         systemd: Arc<dyn Systemd>,
         health: Arc<ApiHealth>,
     ) -> NodeAgent {
-        NodeAgent { nodes: Api::all(client), config, id, systemd, health, password_hash: None }
+        NodeAgent { nodes: Api::all(client), config, id, systemd, health, password_hash: None, loops: None }
+    }
+
+    /// Makes readiness depend on the daemon's loops: NotReady until `pods_synced` turns true
+    /// (the pod manager listed this node's pods and adopted their units) and whenever one of
+    /// `beats` has stalled, like the kubelet's "PLEG is not healthy".
+    pub fn with_loops(mut self, beats: Heartbeats, pods_synced: tokio::sync::watch::Receiver<bool>) -> NodeAgent {
+        self.loops = Some((beats, pods_synced));
+        self
+    }
+
+    fn loops_readiness(&self) -> Readiness {
+        let Some((beats, synced)) = &self.loops else { return Readiness::Ready };
+        if !*synced.borrow() {
+            return Readiness::NotReady("vks has not synced this node's pods yet".into());
+        }
+        let stalled = beats.stalled();
+        if stalled.is_empty() {
+            Readiness::Ready
+        } else {
+            let list: Vec<String> = stalled.iter().map(|(n, age)| format!("{n} ({}s)", age.as_secs())).collect();
+            Readiness::NotReady(format!("vks loops make no progress: {}", list.join(", ")))
+        }
     }
 
     /// Registers the Node as owned by the machine with this node-password hash.
@@ -84,7 +110,7 @@ impl NodeAgent {
         let facts =
             tokio::task::spawn_blocking(move || HostFacts::read(&state_dir)).await.context("host probe task")??;
         let (runtime_version, readiness) = match self.systemd.version().await {
-            Ok(v) => (v, Readiness::Ready),
+            Ok(v) => (v, self.loops_readiness()),
             Err(e) => ("unknown".to_owned(), Readiness::NotReady(format!("systemd is not reachable: {e}"))),
         };
         Ok(Observed { facts, runtime_version, readiness })
@@ -190,10 +216,22 @@ impl NodeAgent {
         let mut last_report: Option<Instant> = None;
         let mut interval = tokio::time::interval(STATUS_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut synced = self.loops.as_ref().map(|(_, s)| s.clone());
         loop {
+            // A change of the pods' sync state is reported at once, not at the next interval.
+            let sync_change = async {
+                let changed = match synced.as_mut() {
+                    Some(s) => s.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 _ = interval.tick() => {}
+                () = sync_change => {}
             }
             heartbeat.beat();
             match self.sync_status(&mut last_report).await {

@@ -84,6 +84,8 @@ pub struct PodManager {
     cancel: CancellationToken,
     /// Number of pods with a worker, for the service status line.
     count: Arc<AtomicUsize>,
+    /// Turns true once the first pod list was handled and the units on the node adopted.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -112,7 +114,15 @@ impl PodManager {
             panics: HashMap::new(),
             cancel,
             count,
+            synced: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Makes the manager set `synced` to true once it has handled the first pod list and adopted
+    /// the units on the node (see [`crate::node::NodeAgent::with_loops`]).
+    pub fn reporting_sync_to(mut self, synced: tokio::sync::watch::Sender<bool>) -> PodManager {
+        self.synced = synced;
+        self
     }
 
     /// Reads the `[X-Kubernetes]` section of every vks unit file not known to a worker.
@@ -326,6 +336,7 @@ impl PodManager {
                                     self.gone(&uid);
                                 }
                                 self.sweep().await;
+                                self.synced.send_replace(true);
                             }
                             Event::Apply(p) => self.route(p),
                             Event::Delete(p) => {

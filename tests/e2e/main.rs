@@ -13,4 +13,5 @@ mod images;
 mod node;
 mod package;
 mod pods;
+mod supervision;
 mod support;

@@ -79,6 +79,17 @@ pub async fn client() -> kube::Client {
     kube::Client::try_from(cfg).unwrap()
 }
 
+/// How much slower than an idle 2-core machine this one may be: upper bounds on durations in
+/// tests are multiplied by it (`VKS_PATIENCE`, default 1; CI on a loaded machine sets more).
+pub fn patience() -> f64 {
+    std::env::var("VKS_PATIENCE").ok().and_then(|v| v.parse().ok()).filter(|p: &f64| *p >= 1.0).unwrap_or(1.0)
+}
+
+/// An upper bound on a duration, scaled by [`patience`].
+pub fn within(d: Duration) -> Duration {
+    d.mul_f64(patience())
+}
+
 /// Polls `f` every 200 ms until it returns `Some`, panicking after `timeout` with `what` and
 /// the last value the probe described.
 pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Result<T, String>) -> T {
@@ -306,4 +317,40 @@ pub async fn wait_phase(client: &kube::Client, ns: &str, name: &str, want: &str,
 /// The unit name vks uses for a container.
 pub fn unit_name(ns: &str, pod: &str, container: &str) -> String {
     vks::unit::name::unit_name(ns, pod, container)
+}
+
+impl Node {
+    /// Runs vks in this node as the fault-injection build (`VKS_FAILPOINTS_BIN`, built by
+    /// tests/run with the `failpoints` feature) with `FAILPOINTS=<failpoints>` and the given
+    /// `WatchdogSec=` (a runtime drop-in; `clear_vks_override` removes it), and restarts it.
+    pub fn run_vks_with_failpoints(&self, failpoints: &str, watchdog_sec: u32) {
+        let bin = std::env::var("VKS_FAILPOINTS_BIN")
+            .expect("VKS_FAILPOINTS_BIN: the failpoints build of vks (tests/run builds it)");
+        let data = std::fs::read(&bin).unwrap_or_else(|e| panic!("reading {bin}: {e}"));
+        self.put_file("/usr/local/sbin/vks-failpoints", &data);
+        self.exec(&["chmod", "755", "/usr/local/sbin/vks-failpoints"]);
+        self.exec(&["mkdir", "-p", "/run/systemd/system/vks.service.d"]);
+        let dropin = format!(
+            "[Service]\nExecStart=\nExecStart=/usr/local/sbin/vks-failpoints run --config /etc/vks/config.toml\n\
+             Environment=FAILPOINTS={failpoints}\nWatchdogSec={watchdog_sec}s\n"
+        );
+        self.put_file("/run/systemd/system/vks.service.d/failpoints.conf", dropin.as_bytes());
+        self.exec(&["systemctl", "daemon-reload"]);
+        self.exec(&["systemctl", "restart", "--no-block", "vks"]);
+    }
+
+    /// Back to the packaged vks (removes the drop-in of `run_vks_with_failpoints`) and restarts it.
+    pub fn clear_vks_override(&self) {
+        self.exec(&["rm", "-f", "/run/systemd/system/vks.service.d/failpoints.conf"]);
+        self.exec(&["systemctl", "daemon-reload"]);
+        self.exec(&["systemctl", "reset-failed", "vks"]);
+        self.exec(&["systemctl", "restart", "vks"]);
+    }
+
+    /// The node's Ready condition: (status, message).
+    pub async fn ready(&self, client: &kube::Client) -> (String, String) {
+        let n = self.object(client).await;
+        let c = n.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Ready");
+        c.map(|c| (c.status, c.message.unwrap_or_default())).unwrap_or_default()
+    }
 }
