@@ -11,3 +11,4 @@ mod node;
 mod package;
 mod pods;
 mod support;
+mod unit_roundtrip;

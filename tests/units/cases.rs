@@ -429,12 +429,18 @@ pub fn hostile(n: usize) -> impl Strategy<Value = Case> {
         })
 }
 
-/// `count` representable cases from a fixed seed (for the real-systemd test).
-pub fn seeded(count: usize, seed: u64) -> Vec<Case> {
+/// `count` cases of `strategy` (numbered from `first`) from a fixed seed, for the
+/// real-systemd test.
+pub fn seeded<S: Strategy<Value = Case>>(
+    count: usize,
+    seed: u64,
+    first: usize,
+    strategy: impl Fn(usize) -> S,
+) -> Vec<Case> {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
-    (0..count).map(|i| representable(i).new_tree(&mut runner).expect("a case").current()).collect()
+    (first..first + count).map(|i| strategy(i).new_tree(&mut runner).expect("a case").current()).collect()
 }

@@ -423,17 +423,46 @@ fn replace_env(s: &[u8], env: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// `strv_split_full(…, WHITESPACE, EXTRACT_RELAX|EXTRACT_UNQUOTE)`: words unquoted, a backslash
+/// keeps the next character (no C escapes), unbalanced quotes and a trailing backslash end the
+/// last word.
+fn split_relax(v: &[u8]) -> Vec<Vec<u8>> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < v.len() && WHITESPACE.contains(&v[i]) {
+            i += 1;
+        }
+        if i == v.len() {
+            return words;
+        }
+        let (mut w, mut quote) = (Vec::new(), 0u8);
+        while i < v.len() && (quote != 0 || !WHITESPACE.contains(&v[i])) {
+            match v[i] {
+                b'\\' => {
+                    i += 1;
+                    if let Some(&c) = v.get(i) {
+                        w.push(c);
+                    }
+                }
+                c if quote != 0 && c == quote => quote = 0,
+                c @ (b'\'' | b'"') if quote == 0 => quote = c,
+                c => w.push(c),
+            }
+            i += 1;
+        }
+        words.push(w);
+    }
+}
+
 /// `replace_env_argv`: a word `$NAME` is replaced by NAME's value split at blanks (and
 /// unquoted); other words get [`replace_env`].
 fn replace_env_argv(argv: &[Vec<u8>], env: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<u8>>, Refused> {
     let mut out = Vec::new();
     for a in argv {
         if a.first() == Some(&b'$') && !matches!(a.get(1), Some(b'{' | b'$')) {
-            if let Some(mut v) = env_get(env, &a[1..]) {
-                while let Some((w, rest)) = extract(v, true).ok().flatten() {
-                    out.push(w);
-                    v = rest;
-                }
+            if let Some(v) = env_get(env, &a[1..]) {
+                out.extend(split_relax(v));
             }
             continue;
         }
