@@ -231,7 +231,7 @@ pub fn text(s: &str) -> Result<String, Unrepresentable> {
         return Err(Unrepresentable::Special("a control character"));
     }
     if s.trim_matches(' ') != s || s.ends_with('\\') {
-        return Err(Unrepresentable::Special("a blank or backslash at its end"));
+        return Err(Unrepresentable::Special("a blank at either end or a trailing backslash"));
     }
     Ok(s.replace('%', "%%"))
 }
