@@ -358,7 +358,7 @@ impl DebianImages {
 
 /// What a package offers as an image: its own unit (the default command and settings) and its
 /// identity. `units` are the service files it ships.
-fn package_info(image: &str, name: &str, version: &str, units: Result<Vec<String>, AptError>) -> ImageInfo {
+pub fn package_info(image: &str, name: &str, version: &str, units: Result<Vec<String>, AptError>) -> ImageInfo {
     let mut info = ImageInfo { image_id: format!("deb://{name}={version}"), ..ImageInfo::default() };
     let units = match units {
         Ok(u) => u,

@@ -8,20 +8,21 @@
 //! identity in `[X-Kubernetes]` ([`meta`]). Nothing from the pod spec is written without going
 //! through [`escape`].
 
+mod command;
+mod env;
 pub mod escape;
 pub mod meta;
 pub mod name;
 
-use std::collections::HashMap;
-
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use sha2::{Digest, Sha256};
 
-use self::escape::Unrepresentable;
-pub use self::meta::{ContainerKind, UnitMeta};
+pub use crate::reason::WaitingReason;
 
-/// `PATH` used to find a bare command name when the container sets none (runc's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use self::command::{DEFAULT_PATH, container_argv, resolve_executable};
+pub use self::env::{expand, resolve_env};
+use self::escape::{Unrepresentable, directive};
+pub use self::meta::{ContainerKind, UnitMeta};
 
 /// A container that cannot be turned into a unit, with the kubelet's waiting reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,18 +30,18 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub struct SpecError {
     /// `CreateContainerConfigError` (the spec asks for something vks cannot provide) or
     /// `CreateContainerError` (the command cannot be run).
-    pub reason: &'static str,
+    pub reason: WaitingReason,
     /// What is wrong, naming the field and the value.
     pub message: String,
 }
 
 impl SpecError {
-    fn config(message: String) -> SpecError {
-        SpecError { reason: "CreateContainerConfigError", message }
+    pub(crate) fn config(message: String) -> SpecError {
+        SpecError { reason: WaitingReason::CreateContainerConfigError, message }
     }
 
-    fn create(message: String) -> SpecError {
-        SpecError { reason: "CreateContainerError", message }
+    pub(crate) fn create(message: String) -> SpecError {
+        SpecError { reason: WaitingReason::CreateContainerError, message }
     }
 }
 
@@ -111,205 +112,15 @@ pub struct UnitSpec {
     pub stop_timeout_secs: i64,
 }
 
-/// Kubernetes `$(VAR)` expansion (k8s.io/kubernetes third_party/forked/golang/expansion):
-/// `$(NAME)` is replaced when `lookup` knows NAME and kept as written otherwise; `$$` is `$`.
-pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
-    let b = input.as_bytes();
-    let mut out = String::with_capacity(input.len());
-    let mut checkpoint = 0;
-    let mut cursor = 0;
-    while cursor < b.len() {
-        if b[cursor] == b'$' && cursor + 1 < b.len() {
-            out.push_str(&input[checkpoint..cursor]);
-            let rest = &input[cursor + 1..];
-            let advance = match b[cursor + 1] {
-                b'$' => {
-                    out.push('$');
-                    1
-                }
-                b'(' => match rest.find(')') {
-                    Some(close) => {
-                        let name = &rest[1..close];
-                        match lookup(name) {
-                            Some(v) => out.push_str(&v),
-                            None => {
-                                out.push_str("$(");
-                                out.push_str(name);
-                                out.push(')');
-                            }
-                        }
-                        close + 1
-                    }
-                    None => {
-                        out.push_str("$(");
-                        1
-                    }
-                },
-                _ => {
-                    // "$x": both characters are kept; x is a whole character (may be multi-byte).
-                    let c = rest.chars().next().map_or(1, char::len_utf8);
-                    out.push('$');
-                    out.push_str(&rest[..c]);
-                    c
-                }
-            };
-            cursor += advance;
-            checkpoint = cursor + 1;
-        }
-        cursor += 1;
-    }
-    out.push_str(input.get(checkpoint..).unwrap_or(""));
-    out
-}
-
-fn field_ref(pod: &Pod, node: &NodeContext, path: &str) -> Option<String> {
-    let meta = &pod.metadata;
-    let spec = pod.spec.as_ref();
-    let subscript = |prefix: &str| -> Option<String> {
-        let key = path.strip_prefix(prefix)?.strip_prefix("['")?.strip_suffix("']")?;
-        Some(key.to_owned())
-    };
-    Some(match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_else(|| node.node_name.clone()),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
-        "status.hostIP" | "status.podIP" | "status.hostIPs" | "status.podIPs" => node.node_ip.clone(),
-        _ => {
-            if let Some(k) = subscript("metadata.labels") {
-                meta.labels.as_ref().and_then(|l| l.get(&k).cloned()).unwrap_or_default()
-            } else if let Some(k) = subscript("metadata.annotations") {
-                meta.annotations.as_ref().and_then(|a| a.get(&k).cloned()).unwrap_or_default()
-            } else {
-                return None;
-            }
-        }
-    })
-}
-
-/// Resolves a container's `env` in order (each value may refer to variables defined before
-/// it). Sources that need the API server (ConfigMaps, Secrets) or resources are not
-/// supported yet and make the container wait with `CreateContainerConfigError`.
-pub fn resolve_env(pod: &Pod, c: &Container, node: &NodeContext) -> Result<Vec<(String, String)>, SpecError> {
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(SpecError::config(format!("container {}: envFrom is not supported by vks yet", c.name)));
-    }
-    let mut out: Vec<(String, String)> = Vec::new();
-    for EnvVar { name, value, value_from } in c.env.iter().flatten() {
-        let v = match (value, value_from) {
-            (_, Some(from)) => {
-                let path = from.field_ref.as_ref().map(|f| f.field_path.as_str());
-                match path.and_then(|p| field_ref(pod, node, p)) {
-                    Some(v) => v,
-                    None => {
-                        let what = if let Some(p) = path {
-                            format!("fieldRef {p:?}")
-                        } else if from.config_map_key_ref.is_some() {
-                            "configMapKeyRef".to_owned()
-                        } else if from.secret_key_ref.is_some() {
-                            "secretKeyRef".to_owned()
-                        } else if from.resource_field_ref.is_some() {
-                            "resourceFieldRef".to_owned()
-                        } else {
-                            "this valueFrom source".to_owned()
-                        };
-                        return Err(SpecError::config(format!(
-                            "container {}: env {name}: {what} is not supported by vks yet",
-                            c.name
-                        )));
-                    }
-                }
-            }
-            (Some(v), None) => {
-                let known: HashMap<&str, &str> = out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                expand(v, |n| known.get(n).map(|s| (*s).to_owned()))
-            }
-            (None, None) => String::new(),
-        };
-        match out.iter_mut().find(|(k, _)| k == name) {
-            Some(slot) => slot.1 = v,
-            None => out.push((name.clone(), v)),
-        }
-    }
-    Ok(out)
-}
-
-/// The argument vector with Kubernetes semantics: `command` replaces the image's entrypoint,
-/// `args` its arguments; both are `$(VAR)`-expanded with the container's environment.
-pub fn container_argv(c: &Container, image: &ImageInfo, env: &[(String, String)]) -> Result<Vec<Arg>, SpecError> {
-    let lookup = |n: &str| env.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let command = c.command.as_ref().filter(|v| !v.is_empty());
-    let args = c.args.as_ref().filter(|v| !v.is_empty());
-    let mut argv: Vec<Arg> = match command {
-        Some(cmd) => cmd.iter().map(|s| Arg::Lit(expand(s, lookup))).collect(),
-        None => image.entrypoint.iter().cloned().map(Arg::Lit).collect(),
-    };
-    match args {
-        Some(a) => argv.extend(a.iter().map(|s| Arg::Lit(expand(s, lookup)))),
-        None if command.is_none() => argv.extend(image.args.iter().cloned()),
-        None => {}
-    }
-    if argv.first().is_none_or(|a| a.text().is_empty()) {
-        return Err(SpecError::create(format!(
-            "container {}: no command to run: the image {:?} has no default command{} and the container sets none",
-            c.name,
-            c.image.as_deref().unwrap_or(""),
-            image.no_command.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
-        )));
-    }
-    Ok(argv)
-}
-
-/// Finds the program for `argv0` like execvp: a name with a `/` must be an absolute path; a bare
-/// name is looked up in `PATH` (the container's, else [`DEFAULT_PATH`]).
-pub fn resolve_executable(
-    container: &str,
-    argv0: &str,
-    env: &[(String, String)],
-    is_executable: impl Fn(&str) -> bool,
-) -> Result<String, SpecError> {
-    if argv0.contains('/') {
-        if !argv0.starts_with('/') {
-            return Err(SpecError::create(format!(
-                "container {container}: command {argv0:?} is a relative path; use an absolute path or a bare name found in PATH"
-            )));
-        }
-        return if is_executable(argv0) {
-            Ok(argv0.to_owned())
-        } else {
-            Err(SpecError::create(format!("container {container}: {argv0:?} does not exist or is not executable")))
-        };
-    }
-    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-    path.split(':')
-        .filter(|d| d.starts_with('/'))
-        .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| {
-            SpecError::create(format!("container {container}: executable {argv0:?} not found in PATH ({path})"))
-        })
-}
-
-/// The containers of a pod in the order vks handles them (init containers, then app
-/// containers), each with its kind: an init container with `restartPolicy: Always` is a sidecar.
-pub fn pod_containers(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<(&Container, ContainerKind)> {
+/// The containers of a pod in the order they are started, with their role: init containers
+/// first (those with `restartPolicy: Always` are sidecars), then the app containers.
+pub fn pod_containers(spec: &PodSpec) -> Vec<(&Container, ContainerKind)> {
     let init = spec.init_containers.iter().flatten().map(|c| {
         let kind =
             if c.restart_policy.as_deref() == Some("Always") { ContainerKind::Sidecar } else { ContainerKind::Init };
         (c, kind)
     });
     init.chain(spec.containers.iter().map(|c| (c, ContainerKind::App))).collect()
-}
-
-/// Which restart policy applies to a container: the pod's for app containers, `Always` for
-/// sidecars, and for init containers the pod's with `Always` meaning `OnFailure`.
-pub fn effective_restart_policy(pod_policy: &str, kind: ContainerKind) -> &str {
-    match kind {
-        ContainerKind::Sidecar => "Always",
-        ContainerKind::Init if pod_policy == "Always" => "OnFailure",
-        _ => pod_policy,
-    }
 }
 
 /// Hash of the inputs a unit is made from; a unit whose hash differs is replaced.
@@ -347,7 +158,9 @@ pub fn spec_hash(
 }
 
 /// Plans the unit for one container of `pod`. `image` says what the image runs by default and
-/// `is_executable` answers file-system questions.
+/// `is_executable` answers file-system questions. Every name is validated first
+/// ([`name::validate`]) and the unit is rendered once, so a pod whose values systemd could not
+/// carry is refused here, with the field and the value, instead of becoming a broken unit.
 pub fn plan(
     pod: &Pod,
     c: &Container,
@@ -358,8 +171,9 @@ pub fn plan(
 ) -> Result<UnitSpec, SpecError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    name::validate(&namespace, &pod_name, &c.name)?;
     let spec = pod.spec.as_ref();
-    let pod_policy = spec.and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let pod_policy = crate::policy::RestartPolicy::of_pod(spec);
     let env = resolve_env(pod, c, node)?;
     let argv = container_argv(c, image, &env)?;
     let executable = resolve_executable(&c.name, argv[0].text(), &env, is_executable)?;
@@ -371,7 +185,7 @@ pub fn plan(
         kind,
         image: c.image.clone().unwrap_or_default(),
         image_id: image.image_id.clone(),
-        restart_policy: effective_restart_policy(pod_policy, kind).to_owned(),
+        restart_policy: pod_policy.for_container(kind).to_string(),
         spec_hash: spec_hash(c, kind, &executable, &env, image),
     };
     let unit = UnitSpec {
@@ -389,11 +203,17 @@ pub fn plan(
     Ok(unit)
 }
 
-/// Renders the unit file.
+/// Renders the unit file. Every value goes through the rule of its setting in [`escape`]; a
+/// value that cannot be carried is a `CreateContainerError` naming the field.
 pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
-    let c = &u.meta.container;
+    let m = &u.meta;
+    let c = &m.container;
+    name::validate(&m.namespace, &m.pod, c)?;
     let bad = |what: String, e: Unrepresentable| SpecError::create(format!("container {c}: {what} {e}"));
-    let exec = escape::exec_line(&u.executable, &u.argv).map_err(|e| bad("the command line".into(), e))?;
+    let exec = escape::exec_line(&u.executable, &u.argv)
+        .and_then(|v| directive("ExecStart", &v))
+        .map_err(|e| bad(format!("the command line (program {:?})", u.executable), e))?;
+    let text = |v: &str| escape::text(v).map_err(|e| bad(format!("the name {v:?}"), e));
     // A package's unit may say how its daemon starts; oneshot (and simple) become exec, which
     // reports a program that cannot be executed as a failed start.
     let service_type = u
@@ -407,16 +227,17 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     let mut s = format!(
         "# Generated by vks from pod {ns}/{pod}; vks replaces or removes this file, do not edit it.\n\
          [Unit]\n\
-         Description=vks pod {ns}/{pod} container {c}\n\
+         Description={description}\n\
          \n\
          [Service]\n\
          Type={service_type}\n\
-         ExecStart={exec}\n",
-        ns = u.meta.namespace,
-        pod = u.meta.pod,
+         {exec}",
+        ns = m.namespace,
+        pod = m.pod,
+        description = text(&format!("vks pod {}/{} container {c}", m.namespace, m.pod))?,
     );
     if !u.base.is_empty() {
-        s.push_str(&format!("# Taken over from the unit of image {}:\n", escape::meta_value(&u.meta.image)));
+        s.push_str(&format!("# Taken over from the unit of image {}:\n", escape::meta_value(&m.image)));
     }
     for (k, v) in &u.base {
         let overridden = k == "Type" || (k == "WorkingDirectory" && u.working_dir.is_some());
@@ -425,13 +246,22 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         }
     }
     if let Some(dir) = &u.working_dir {
-        let d = escape::path(dir).map_err(|e| bad(format!("workingDir {dir:?}"), e))?;
-        s.push_str(&format!("WorkingDirectory={d}\n"));
+        let line = escape::working_directory(dir)
+            .and_then(|v| directive("WorkingDirectory", &v))
+            .map_err(|e| bad(format!("workingDir {dir:?}"), e))?;
+        s.push_str(&line);
     }
     for (k, v) in &u.env {
-        let line = escape::environment(k, v).map_err(|e| bad(format!("env {k:?}"), e))?;
-        s.push_str(&format!("Environment={line}\n"));
+        let line = escape::environment(k, v)
+            .and_then(|v| directive("Environment", &v))
+            .map_err(|e| bad(format!("env {k:?}"), e))?;
+        s.push_str(&line);
     }
+    let log_field = |k: &str, v: &str| {
+        escape::log_field(k, v)
+            .and_then(|v| directive("LogExtraFields", &v))
+            .map_err(|e| bad(format!("the journal field {k}"), e))
+    };
     s.push_str(&format!(
         "RemainAfterExit=yes\n\
          Restart=no\n\
@@ -442,17 +272,24 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
          StandardInput=null\n\
          StandardOutput=journal\n\
          StandardError=journal\n\
-         SyslogIdentifier={c}\n\
-         LogExtraFields=VKS_POD_UID={uid}\n\
-         LogExtraFields=VKS_CONTAINER={c}\n\
+         SyslogIdentifier={ident}\n\
+         {uid}\
+         {container}\
          CPUAccounting=yes\n\
          MemoryAccounting=yes\n\
          TasksAccounting=yes\n\
          \n",
         stop = u.stop_timeout_secs,
-        uid = escape::meta_value(&u.meta.pod_uid),
+        ident = text(c)?,
+        uid = log_field("VKS_POD_UID", &m.pod_uid)?,
+        container = log_field("VKS_CONTAINER", c)?,
     ));
-    s.push_str(&u.meta.render());
+    let meta = m.render();
+    if let Some(line) = meta.lines().find(|l| l.len() >= escape::LONG_LINE_MAX) {
+        let key = line.split('=').next().unwrap_or_default();
+        return Err(bad(format!("[X-Kubernetes] {key}="), Unrepresentable::LineTooLong(line.len())));
+    }
+    s.push_str(&meta);
     Ok(s)
 }
 
@@ -477,121 +314,42 @@ mod tests {
     }
 
     #[test]
-    fn expansion_follows_kubernetes() {
-        let lookup = |n: &str| match n {
-            "A" => Some("x".to_owned()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
-        };
-        let cases = [
-            ("$(A)", "x"),
-            ("pre-$(A)-post", "pre-x-post"),
-            ("$(B)", "$(B)"),
-            ("$$(A)", "$(A)"),
-            ("$$", "$"),
-            ("$", "$"),
-            ("$(A", "$(A"),
-            ("$A", "$A"),
-            ("$(EMPTY)|", "|"),
-            ("ü$(A)ü", "üxü"),
-            ("$ü", "$ü"),
-            ("$(A)$(A)", "xx"),
-            ("$$$(A)", "$x"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(expand(input, lookup), want, "{input}");
-        }
-    }
-
-    #[test]
-    fn env_in_order_with_field_refs() {
-        let c = container(serde_json::json!({
-            "name": "c",
-            "env": [
-                {"name": "A", "value": "1"},
-                {"name": "B", "value": "$(A)-$(C)"},
-                {"name": "C", "value": "3"},
-                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-                {"name": "A", "value": "again"}
-            ]
-        }));
-        let env = resolve_env(&pod(), &c, &node()).unwrap();
-        let want: Vec<(String, String)> =
-            [("A", "again"), ("B", "1-$(C)"), ("C", "3"), ("IP", "10.0.0.5"), ("APP", "web")]
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-        assert_eq!(env, want);
-    }
-
-    #[test]
-    fn unsupported_env_sources_are_config_errors_naming_the_variable() {
-        let c = container(serde_json::json!({
-            "name": "c",
-            "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
-        }));
-        let e = resolve_env(&pod(), &c, &node()).unwrap_err();
-        assert_eq!(e.reason, "CreateContainerConfigError");
-        assert_eq!(e.message, "container c: env PW: secretKeyRef is not supported by vks yet");
-    }
-
-    #[test]
-    fn command_and_args_semantics() {
-        let image = ImageInfo {
-            entrypoint: vec!["/img".into()],
-            args: vec![Arg::Lit("--default".into())],
-            ..ImageInfo::default()
-        };
-        let env = vec![("X".to_owned(), "1".to_owned())];
-        let argv = |j| {
-            container_argv(&container(j), &image, &env).unwrap().iter().map(|a| a.text().to_owned()).collect::<Vec<_>>()
-        };
-        assert_eq!(argv(serde_json::json!({"name": "c"})), ["/img", "--default"]);
-        assert_eq!(argv(serde_json::json!({"name": "c", "args": ["a$(X)"]})), ["/img", "a1"]);
-        assert_eq!(argv(serde_json::json!({"name": "c", "command": ["sh", "-c"]})), ["sh", "-c"]);
-        assert_eq!(
-            argv(serde_json::json!({"name": "c", "command": ["sh"], "args": ["$(X)", "$$(X)"]})),
-            ["sh", "1", "$(X)"]
-        );
-        let none = ImageInfo::default();
-        let e = container_argv(&container(serde_json::json!({"name": "c", "image": "x"})), &none, &env).unwrap_err();
-        assert!(e.message.contains("no command to run"), "{e}");
-    }
-
-    #[test]
-    fn executables_resolve_like_execvp() {
-        let exists = |p: &str| p == "/usr/bin/sleep" || p == "/opt/bin/tool";
-        assert_eq!(resolve_executable("c", "sleep", &[], exists).unwrap(), "/usr/bin/sleep");
-        assert_eq!(resolve_executable("c", "/usr/bin/sleep", &[], exists).unwrap(), "/usr/bin/sleep");
-        let path = vec![("PATH".to_owned(), "/opt/bin:relative".to_owned())];
-        assert_eq!(resolve_executable("c", "tool", &path, exists).unwrap(), "/opt/bin/tool");
-        assert!(resolve_executable("c", "tool", &[], exists).unwrap_err().message.contains("not found in PATH"));
-        assert!(resolve_executable("c", "./sleep", &[], exists).unwrap_err().message.contains("relative path"));
-        assert!(resolve_executable("c", "/nope", &[], exists).unwrap_err().message.contains("does not exist"));
-    }
-
-    #[test]
-    fn restart_policies() {
-        assert_eq!(effective_restart_policy("Always", ContainerKind::App), "Always");
-        assert_eq!(effective_restart_policy("Always", ContainerKind::Init), "OnFailure");
-        assert_eq!(effective_restart_policy("Never", ContainerKind::Init), "Never");
-        assert_eq!(effective_restart_policy("Never", ContainerKind::Sidecar), "Always");
-    }
-
-    #[test]
     fn unrepresentable_values_are_pod_errors_not_broken_units() {
         let mut p = pod();
         let c = container(serde_json::json!({"name": "c", "command": ["/usr/bin/sleep", "a\u{0}b"]}));
         p.spec.as_mut().unwrap().containers = vec![c.clone()];
         let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
-        assert_eq!(e.reason, "CreateContainerError");
-        assert_eq!(e.message, "container c: the command line contains a NUL character");
+        assert_eq!(e.reason, WaitingReason::CreateContainerError);
+        assert_eq!(e.message, "container c: the command line (program \"/usr/bin/sleep\") contains a NUL character");
         let c = container(
             serde_json::json!({"name": "c", "command": ["/bin/true"], "env": [{"name": "my.var", "value": "x"}]}),
         );
         let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
         assert!(e.message.starts_with("container c: env \"my.var\" is not a valid environment variable name"), "{e}");
+    }
+
+    #[test]
+    fn containers_in_start_order_with_their_roles() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "initContainers": [{"name": "i1"}, {"name": "s1", "restartPolicy": "Always"}, {"name": "i2"}],
+            "containers": [{"name": "a1"}, {"name": "a2"}]
+        }))
+        .unwrap();
+        let got: Vec<(&str, ContainerKind)> =
+            pod_containers(&spec).into_iter().map(|(c, k)| (c.name.as_str(), k)).collect();
+        use ContainerKind::*;
+        assert_eq!(got, [("i1", Init), ("s1", Sidecar), ("i2", Init), ("a1", App), ("a2", App)]);
+        assert!(pod_containers(&PodSpec::default()).is_empty());
+    }
+
+    #[test]
+    fn names_are_validated_before_anything_is_written() {
+        let mut p = pod();
+        p.metadata.name = Some("evil\n[Service]\nUser=root".into());
+        let c = container(serde_json::json!({"name": "c", "command": ["/bin/true"]}));
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        assert_eq!(e.reason, WaitingReason::CreateContainerConfigError);
+        assert!(e.message.contains(r#"metadata.name "evil\n[Service]\nUser=root" is not a valid name"#), "{e}");
     }
 
     #[test]

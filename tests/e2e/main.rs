@@ -15,3 +15,4 @@ mod package;
 mod pods;
 mod supervision;
 mod support;
+mod unit_roundtrip;

@@ -15,14 +15,6 @@ use crate::unit;
 /// How long vks waits for systemd to report on a start job before trying again.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The waiting reason of a unit planning error.
-fn spec_reason(reason: &str) -> WaitingReason {
-    match reason {
-        "CreateContainerConfigError" => WaitingReason::CreateContainerConfigError,
-        _ => WaitingReason::CreateContainerError,
-    }
-}
-
 impl Worker {
     /// Starts what the kubelet's ordering allows now (see [`launches`]).
     pub(super) async fn start_containers(&mut self) {
@@ -118,7 +110,7 @@ impl Worker {
                     log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, e.message);
                     self.event(EventType::Warning, "Failed", format!("Error: {}", e.message));
                 }
-                self.block(i, spec_reason(e.reason), e.message, CREATE_RETRY);
+                self.block(i, e.reason, e.message, CREATE_RETRY);
                 return;
             }
         };
@@ -136,7 +128,7 @@ impl Worker {
             let text = match unit::render(&plan) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.block(i, spec_reason(e.reason), e.message, CREATE_RETRY);
+                    self.block(i, e.reason, e.message, CREATE_RETRY);
                     return;
                 }
             };
