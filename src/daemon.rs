@@ -180,17 +180,24 @@ impl Tasks {
     }
 
     /// Waits until `shutdown` fires (Ok) or a task ends or panics first (the error says which).
+    /// Tasks ending because of the shutdown itself are not failures.
     async fn until_shutdown_or_failure(&mut self, shutdown: &CancellationToken) -> Result<()> {
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => Ok(()),
-            Some(done) = self.set.join_next_with_id() => Err(match done {
+            Some(done) = self.set.join_next_with_id() => {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                Err(match done {
                 Ok((_, (name, Ok(())))) => anyhow::anyhow!("the {name} loop ended unexpectedly"),
                 Ok((_, (name, Err(e)))) => e.context(format!("the {name} loop failed")),
                 Err(e) => {
                     let name = self.names.get(&e.id()).copied().unwrap_or("unknown");
                     anyhow::anyhow!("the {name} loop panicked: {e}")
                 }
-            }),
+            })
+            }
         }
     }
 

@@ -57,3 +57,16 @@ macro_rules! failpoint {
         fail::fail_point!($name, $e);
     };
 }
+
+/// A fault-injection point that makes the calling async loop hang (await forever, without
+/// blocking its thread) when `FAILPOINTS` sets it to `return`; nothing without the `failpoints`
+/// feature.
+#[macro_export]
+macro_rules! failpoint_hang {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        if fail::eval($name, |_| ()).is_some() {
+            std::future::pending::<()>().await;
+        }
+    };
+}

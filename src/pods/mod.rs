@@ -306,7 +306,7 @@ impl PodManager {
         loop {
             heartbeat.beat();
             crate::failpoint!("pod-manager-exit", |_| Ok(()));
-            crate::failpoint!("pod-manager-stall");
+            crate::failpoint_hang!("pod-manager-stall");
             let next_respawn = self.respawn_at.first().map(|(at, _)| *at);
             tokio::select! {
                 () = self.cancel.cancelled() => break,

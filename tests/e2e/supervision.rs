@@ -118,8 +118,14 @@ async fn a_stalled_pod_manager_starves_the_watchdog_and_vks_is_restarted() {
     let unit = unit_name(&ns.name, "sleeper", "c");
     let container_pid = node.unit_prop(&unit, "MainPID");
 
-    // The pod manager blocks once it is running; its heartbeat limit is 30 s, WatchdogSec 10 s.
-    node.run_vks_with_failpoints("pod-manager-stall=sleep(600000)", 10);
+    // The pod manager hangs once it is running (its other loops go on); its heartbeat limit is
+    // 30 s, then the watchdog pings stop and systemd kills vks after WatchdogSec (10 s).
+    node.run_vks_with_failpoints("pod-manager-stall=return", 10);
+    wait_for("the node to be NotReady", LONG, async || {
+        let (status, message) = node.ready(&client).await;
+        if status == "False" { Ok(()) } else { Err(format!("Ready={status} {message}")) }
+    })
+    .await;
     wait_for("systemd to kill vks for the watchdog and restart it", Duration::from_secs(150), async || {
         let restarts: u32 = node.unit_prop("vks", "NRestarts").parse().unwrap_or(0);
         if restarts >= 1 { Ok(()) } else { Err(format!("NRestarts {restarts}")) }
