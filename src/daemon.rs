@@ -204,6 +204,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let liveness = Liveness::default();
     let mut tasks = JoinSet::new();
+    // Joined through a k3s supervisor: keep the agent tunnel, served by the kubelet API's handler.
+    if let Some(s) = joining.as_ref().filter(|s| s.joined_k3s()) {
+        let t = crate::tunnel::Settings {
+            supervisor: s.server.clone(),
+            kubeconfig: s.kubeconfig.clone(),
+            kubelet_port: config.kubelet.port,
+            node: id.name.clone(),
+        };
+        tasks.spawn(crate::tunnel::run(t, Arc::new(server.connection_handler()), Default::default(), shutdown.clone()));
+    }
     tasks.spawn(server.serve(shutdown.clone()));
     tasks.spawn(LeaseKeeper::new(client.clone(), &id.name, health.clone()).run(shutdown.clone()));
     {
