@@ -80,7 +80,7 @@ func writeJSON(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
 func (h *handlers) config(rw http.ResponseWriter, _ *http.Request) {
 	rw.Header().Set("content-type", "application/json")
 	_ = writeJSON(rw, map[string]any{"HTTPSPort": h.apiPort, "SupervisorPort": h.supervisorPort,
-		"EgressSelectorMode": "cluster"})
+		"EgressSelectorMode": "agent"})
 }
 
 // servingKubeletCert: CN <node>, DNS <node> and localhost, IPs 127.0.0.1 and the k3s-Node-IP
