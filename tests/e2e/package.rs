@@ -169,6 +169,9 @@ async fn apt_install_join_ready_stop_and_purge() {
         "sed -n 's/^ *client-certificate-data: //p' /etc/vks/kubeconfig | base64 -d | openssl x509 -noout -subject",
     );
     assert_eq!(subject.trim(), format!("subject=O = system:nodes, CN = system:node:{}", node.name));
+    // The kubelet API's client CA: the API server's, read from extension-apiserver-authentication.
+    let client_ca = kubeconfig().parent().unwrap().join("pki/client-ca.crt");
+    assert_eq!(node.exec(&["cat", "/var/lib/vks/client-ca.crt"]), std::fs::read_to_string(client_ca).unwrap());
     // Re-running the join is a no-op.
     let again = node.exec(&["vks", "join"]);
     assert!(again.contains("already joined"), "{again}");
