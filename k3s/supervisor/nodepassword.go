@@ -167,9 +167,16 @@ func nodeIdentity(u *userInfo) (string, bool) {
 // node-password controller's onChangeNode), so that the garbage collector deletes the secret
 // with the Node.
 func (np *nodePasswords) ownerRefs(ctx context.Context) {
+	done := map[string]bool{} // Node UIDs whose secret has its owner reference (or has none)
 	for ctx.Err() == nil {
 		for _, n := range np.nodes.list() {
+			if done[string(n.UID)] {
+				continue
+			}
 			s, err := np.client.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, secretName(n.Name), metav1.GetOptions{})
+			if apierrors.IsNotFound(err) && time.Since(n.CreationTimestamp.Time) > time.Minute {
+				done[string(n.UID)] = true // a Node that did not join through the supervisor
+			}
 			if err != nil {
 				continue
 			}
@@ -178,6 +185,7 @@ func (np *nodePasswords) ownerRefs(ctx context.Context) {
 				owned = owned || (r.Kind == "Node" && r.Name == n.Name && r.UID == n.UID)
 			}
 			if owned {
+				done[string(n.UID)] = true
 				continue
 			}
 			s = s.DeepCopy()
