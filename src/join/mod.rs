@@ -8,7 +8,7 @@
 //! - k3s ([`k3s`]), as the k3s agent joins, for every k3s token form (`K10<hash>::node:<pw>`,
 //!   `K10<hash>::<id>.<secret>`, a bare password or bootstrap token): the supervisor signs both
 //!   certificates for CSRs in DER and enforces its node-password secrets; the client CA comes
-//!   from `/v1-k3s/client-ca.crt`; the agent tunnel ([`crate::tunnel`]) is then kept to it.
+//!   from `/v1-k3s/client-ca.crt`; the daemon then keeps the agent tunnel (`tunnel`) to it.
 //! - kubeadm-style, with a bootstrap token: [`discovery`] (signed `kube-public/cluster-info`),
 //!   then the CSR API ([`csr`]); the client CA is `kube-system/extension-apiserver-authentication`
 //!   (`client-ca-file`), else the cluster CA (kubeadm's single CA signs both).

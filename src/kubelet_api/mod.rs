@@ -33,7 +33,7 @@ pub struct KubeletServer {
 
 /// Serves one connection of the kubelet API: the TLS handshake (client certificates verified as
 /// configured), then HTTP. Used for the connections accepted on the kubelet port and for those
-/// the API server opens through the agent tunnel (`crate::tunnel`), so both are served alike.
+/// the API server opens through the agent tunnel, so both are served alike.
 #[derive(Clone)]
 pub struct ConnectionHandler {
     acceptor: TlsAcceptor,

@@ -445,3 +445,38 @@ async fn the_supervisor_renews_the_certificates_and_the_tunnel_reauthenticates()
     assert_eq!(node.unit_prop("vks", "MainPID"), pid, "vks was not restarted");
     delete_password_secret(&node.name);
 }
+
+/// What the PEM/DER mismatch of issue 10 looked like, against the supervisor's Go
+/// `x509.ParseCertificateRequest`: a DER CSR is signed for its key; the same CSR in PEM is not
+/// parsed and k3s answers with a certificate for its shared legacy key, and that key. (vks sends
+/// DER, and refuses such an answer.)
+#[tokio::test]
+#[ignore = "needs the test cluster: run tests/run"]
+async fn the_supervisor_signs_der_csrs_and_answers_pem_ones_with_its_own_key() {
+    let dir = std::env::temp_dir().join(format!("vks-csr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = format!("csr-probe-{}", std::process::id() % 10_000);
+    let d = dir.display();
+    check(Command::new("sh").arg("-c").arg(format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {d}/key.pem -subj /CN=x \
+         -out {d}/csr.pem 2>/dev/null && openssl req -in {d}/csr.pem -outform DER -out {d}/csr.der"
+    )));
+    let post = |body: &str| {
+        check(
+            Command::new("curl")
+                .args(["-sS", "--fail-with-body", "--cacert", &pki("server-ca.crt")])
+                .args(["-u", &format!("node:{}", supervisor_password())])
+                .args(["-H", &format!("k3s-Node-Name: {name}"), "-H", "k3s-Node-Password: probe-password"])
+                .args(["--data-binary", &format!("@{d}/{body}")])
+                .arg(format!("{SUPERVISOR}/v1-k3s/client-kubelet.crt")),
+        )
+    };
+    let der = post("csr.der");
+    assert_eq!(der.matches("BEGIN CERTIFICATE").count(), 2, "certificate and CA: {der}");
+    assert!(!der.contains("PRIVATE KEY"), "{der}");
+    let pem = post("csr.pem");
+    assert!(pem.contains("BEGIN EC PRIVATE KEY"), "a PEM CSR gets the shared key: {pem}");
+    // vks refuses that answer (unit test join::k3s::tests::replies_name_their_cause).
+    delete_password_secret(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+}
