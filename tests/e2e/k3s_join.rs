@@ -358,13 +358,16 @@ impl Drop for PrivateSupervisor {
     }
 }
 
-/// A node joined to `sup` and running.
+/// A node joined to `sup` with its password token and running.
 async fn joined_to(test: &str, sup: &PrivateSupervisor) -> Node {
+    let token = format!("token = \"K10{}::node:{}\"", ca_hash(), sup.password());
+    joined_with(test, sup, &token).await
+}
+
+/// A node joined to `sup` with `token` (a `token = ...` line) and running.
+async fn joined_with(test: &str, sup: &PrivateSupervisor, token: &str) -> Node {
     let node = installed(test);
-    write_config(
-        &node,
-        &k3s_config(&node, &node.name, &sup.url(), &format!("token = \"K10{}::node:{}\"", ca_hash(), sup.password())),
-    );
+    write_config(&node, &k3s_config(&node, &node.name, &sup.url(), token));
     node.exec(&["systemctl", "enable", "--now", "vks"]);
     wait_ready(&node).await;
     node
@@ -416,7 +419,11 @@ async fn the_tunnel_is_reopened_after_the_supervisor_went_away() {
 async fn the_supervisor_renews_the_certificates_and_the_tunnel_reauthenticates() {
     // Certificates valid for 2 minutes: renewed at 70-90 % of that, i.e. within 84-108 s.
     let sup = PrivateSupervisor::start("renew", "2m");
-    let node = joined_to("k3s-renew", &sup).await;
+    // Joined with a bootstrap token that is gone before the renewal: the supervisor renews for
+    // the node's own client certificate (Node authorization, as k3s lets agents do).
+    let token = Token::new();
+    let node = joined_with("k3s-renew", &sup, &format!("token = \"K10{}::{}\"", ca_hash(), token.text())).await;
+    drop(token);
     let pid = node.unit_prop("vks", "MainPID");
     let client_serial = || {
         node.sh(
