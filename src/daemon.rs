@@ -162,6 +162,7 @@ const LIMIT_NODE_STATUS: Duration = Duration::from_secs(120);
 const LIMIT_LEASE: Duration = Duration::from_secs(120);
 const LIMIT_KUBELET_API: Duration = Duration::from_secs(30);
 const LIMIT_RENEWAL: Duration = Duration::from_secs(60);
+const LIMIT_TUNNEL: Duration = Duration::from_secs(60);
 
 /// The daemon's long-running loops, by name. Any of them ending before shutdown is a failure.
 struct Tasks {
@@ -278,6 +279,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut tasks = Tasks::new();
     // Every loop stops on `cancel`: the shutdown token, or a failure of another loop.
     let cancel = shutdown.child_token();
+    // Joined through a k3s supervisor: keep the agent tunnel, served by the kubelet API's handler.
+    if let Some(s) = joining.as_ref().filter(|s| s.joined_k3s()) {
+        let t = crate::tunnel::Settings {
+            supervisor: s.server.clone(),
+            kubeconfig: s.kubeconfig.clone(),
+            kubelet_port: config.kubelet.port,
+            node: id.name.clone(),
+        };
+        let handler = Arc::new(server.connection_handler());
+        let hb = beats.register("k3s tunnel", LIMIT_TUNNEL);
+        tasks.spawn("k3s tunnel", crate::tunnel::run(t, handler, Default::default(), hb, cancel.clone()));
+    }
     {
         let (dbus, hb, c) = (dbus.clone(), beats.register("D-Bus", LIMIT_DBUS), cancel.clone());
         tasks.spawn("D-Bus", async move { dbus.keep_connected(hb, c).await });

@@ -5,7 +5,8 @@
 //! - [`cli`], [`config`]: command line and `/etc/vks/config.toml` (validated before anything
 //!   else happens).
 //! - [`daemon`]: `vks run` — wires the parts below and owns the start-up order and shutdown.
-//! - [`join`]: `vks join` — token discovery, node credentials, certificate renewal.
+//! - [`join`]: `vks join` — token discovery, node credentials, certificate renewal; [`token`]:
+//!   join tokens; [`pki`]: certificates and keys; [`tunnel`]: the k3s agent tunnel.
 //! - [`node`]: the Node object, its status and Lease.
 //! - [`pods`]: the pods bound to this node, one worker per pod driving its units.
 //! - [`images`]: what an image names on the host.
@@ -35,12 +36,15 @@ pub mod kubelet_api;
 pub mod logging;
 pub mod node;
 pub mod notify;
+pub mod pki;
 pub mod pods;
 pub mod policy;
 pub mod quantity;
 pub mod reason;
 pub mod shutdown;
 pub mod systemd;
+pub mod token;
+pub mod tunnel;
 pub mod unit;
 
 /// A fault-injection point for end-to-end tests: with the `failpoints` feature (never in the

@@ -78,6 +78,7 @@ fn logger_and_runtime(config: &Config, multi_thread: bool) -> Result<tokio::runt
 fn failure_code(e: &anyhow::Error) -> ExitCode {
     match e.downcast_ref::<vks::join::JoinError>() {
         Some(j) if !j.is_transient() => ExitCode::from(EXIT_JOIN_REFUSED),
+        _ if e.downcast_ref::<vks::node::ownership::NodeNameTaken>().is_some() => ExitCode::from(EXIT_JOIN_REFUSED),
         _ => ExitCode::FAILURE,
     }
 }

@@ -62,6 +62,19 @@ impl Heartbeat {
     }
 }
 
+/// Awaits `work`, beating `heartbeat` every `every` meanwhile: for a loop step that legitimately
+/// takes long (a tunnel session, a wait for a CSR's approval) and has deadlines of its own.
+pub async fn beating<F: Future>(heartbeat: &Heartbeat, every: Duration, work: F) -> F::Output {
+    tokio::pin!(work);
+    loop {
+        heartbeat.beat();
+        tokio::select! {
+            out = &mut work => return out,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// Every loop whose progress the watchdog depends on.
 #[derive(Debug, Clone, Default)]
 pub struct Heartbeats(Arc<Mutex<Vec<Arc<Entry>>>>);

@@ -142,7 +142,7 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenSource {
     /// `cluster.token`: the token itself (never printed).
-    Inline(crate::join::token::Secret),
+    Inline(crate::token::Secret),
     /// `cluster.token_file`: a file holding it, read when joining.
     File(PathBuf),
 }

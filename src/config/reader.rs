@@ -236,8 +236,8 @@ impl Section {
     fn token(&mut self, errs: &mut Errors) -> Option<TokenSource> {
         let inline = match self.get("token") {
             None => None,
-            Some(Value::String(t)) => match crate::join::token::Token::parse(&t) {
-                Ok(_) => Some(TokenSource::Inline(crate::join::token::Secret::new(t.trim()))),
+            Some(Value::String(t)) => match crate::token::Token::parse(&t) {
+                Ok(_) => Some(TokenSource::Inline(crate::token::Secret::new(t.trim()))),
                 Err(e) => {
                     errs.push(format!("{}: the value (not shown) is not a valid token: {e}", self.key("token")));
                     None

@@ -60,9 +60,21 @@ pub fn new_key() -> Result<KeyPair, JoinError> {
     KeyPair::generate().map_err(|e| JoinError::Protocol(format!("generating a key: {e}")))
 }
 
-/// The PEM CSR for the node's certificate of `kind`, signed by `key`. `ips` only matter for the
-/// serving certificate.
+/// The PEM CSR for the node's certificate of `kind`, signed by `key` (what the Kubernetes CSR API
+/// takes). `ips` only matter for the serving certificate.
 pub fn request(kind: Kind, node: &str, ips: &[IpAddr], key: &KeyPair) -> Result<String, JoinError> {
+    build(kind, node, ips, key)?
+        .pem()
+        .map_err(|e| JoinError::Protocol(format!("encoding the CSR for node {node}: {e}")))
+}
+
+/// The same CSR in DER: what the k3s supervisor takes (Go's `x509.ParseCertificateRequest`, as
+/// the k3s agent sends it; a PEM body makes k3s answer with a shared key of its own instead).
+pub fn request_der(kind: Kind, node: &str, ips: &[IpAddr], key: &KeyPair) -> Result<Vec<u8>, JoinError> {
+    Ok(build(kind, node, ips, key)?.der().to_vec())
+}
+
+fn build(kind: Kind, node: &str, ips: &[IpAddr], key: &KeyPair) -> Result<rcgen::CertificateSigningRequest, JoinError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "system:nodes");
@@ -80,10 +92,9 @@ pub fn request(kind: Kind, node: &str, ips: &[IpAddr], key: &KeyPair) -> Result<
         sans.extend(all.into_iter().map(SanType::IpAddress));
         params.subject_alt_names = sans;
     }
-    let csr = params
+    params
         .serialize_request(key)
-        .map_err(|e| JoinError::Protocol(format!("making the {} CSR for node {node}: {e}", kind.noun())))?;
-    csr.pem().map_err(|e| JoinError::Protocol(format!("encoding the CSR for node {node}: {e}")))
+        .map_err(|e| JoinError::Protocol(format!("making the {} CSR for node {node}: {e}", kind.noun())))
 }
 
 /// The CertificateSigningRequest object for a PEM CSR.
@@ -247,6 +258,16 @@ mod tests {
         for want in ["n1", "localhost", "127.0.1.7", "127.0.0.1"] {
             assert!(sans.contains(want), "{want} missing from {sans}");
         }
+    }
+
+    #[test]
+    fn der_csr_is_the_pem_csr_decoded() {
+        let key = new_key().unwrap();
+        let der = request_der(Kind::Client, "n1", &[], &key).unwrap();
+        assert_eq!(der[0], 0x30, "a DER SEQUENCE, not PEM text");
+        let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
+        assert!(req.certification_request_info.subject.to_string().contains("CN=system:node:n1"));
+        req.verify_signature().unwrap();
     }
 
     #[test]

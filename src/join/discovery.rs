@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 
 use super::JoinError;
 use super::http::{self as h, Trust};
-use super::token::{Credential, Token, ca_hash};
+use crate::token::{Credential, Token, ca_hash};
 
 /// Path of the ConfigMap, readable anonymously (and only that path) on clusters set up for it.
 pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
@@ -136,7 +136,7 @@ fn server_of_kubeconfig(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::join::token::Secret;
+    use crate::token::Secret;
 
     /// A detached signature as the bootstrap-signer makes it (k8s.io/cluster-bootstrap
     /// `ComputeDetachedSignature`, go-jose): header {"alg":"HS256","kid":<id>}.

@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::JoinError;
-use super::token::Credential;
+use crate::token::Credential;
 
 /// How the server's certificate is checked.
 #[derive(Debug, Clone)]
@@ -51,6 +51,17 @@ pub fn client(
     credential: Option<&Credential>,
     headers: Vec<(HeaderName, HeaderValue)>,
 ) -> Result<kube::Client, JoinError> {
+    client_with_identity(server, trust, credential, None, headers)
+}
+
+/// [`client`] that also presents a client certificate (the node's, when it has one).
+pub fn client_with_identity(
+    server: &str,
+    trust: &Trust,
+    credential: Option<&Credential>,
+    identity: Option<&crate::pki::KeyPairPem>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Result<kube::Client, JoinError> {
     let uri: http::Uri =
         server.parse().map_err(|e| JoinError::Protocol(format!("server URL {server:?} is invalid: {e}")))?;
     let mut config = kube::Config::new(uri);
@@ -60,6 +71,12 @@ pub fn client(
     match trust {
         Trust::Insecure => config.accept_invalid_certs = true,
         Trust::Ca(pem) => config.root_cert = Some(pem_certs(pem)?),
+    }
+    if let Some(id) = identity {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        config.auth_info.client_certificate_data = Some(b64(&id.certs_pem));
+        config.auth_info.client_key_data = Some(b64(&id.key_pem).into());
     }
     match credential {
         Some(Credential::Bootstrap { id, secret }) => {

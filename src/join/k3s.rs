@@ -1,12 +1,16 @@
-//! The k3s agent's side of joining a k3s server with a `K10<hash>::node:<password>` token
-//! (../shared/docs/control-plane.md section 5): fetch `/cacerts` and verify it against the
-//! token's hash, then have the supervisor sign the node's client and serving certificates by
-//! POSTing CSRs made from local keys to `/v1-k3s/client-kubelet.crt` and
-//! `/v1-k3s/serving-kubelet.crt`, authenticated with the token and carrying the node name,
-//! node password and node IPs in `k3s-Node-*` headers.
-//!
-//! Not tested against a real k3s server (none can be built here); request construction and
-//! reply handling are unit-tested.
+//! The k3s agent's side of the k3s supervisor (../shared/docs/control-plane.md section 5; k3s-io/k3s
+//! pkg/agent/config/config.go, pkg/clientaccess/token.go):
+//! - `/cacerts`, read without verification, checked against the token's CA hash, then read again
+//!   verifying the server with it;
+//! - requests authenticated as the k3s agent does: a bootstrap token as `Bearer`, any password
+//!   as basic auth for user `node` (the agent overrides the token's user), plus the node's client
+//!   certificate once it has one;
+//! - `/v1-k3s/config`: where the API server is (`HTTPSPort`; the supervisor may have its own
+//!   port, as RKE2's 9345);
+//! - `/v1-k3s/serving-kubelet.crt` and `/v1-k3s/client-kubelet.crt`: a CSR of a local key POSTed
+//!   in DER, with the node name, node password and node IPs in `k3s-Node-*` headers; the answer
+//!   is the certificate and the CA bundle (PEM);
+//! - `/v1-k3s/client-ca.crt`: the CA the API server's kubelet client certificate chains to.
 
 use std::net::IpAddr;
 
@@ -15,7 +19,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use super::JoinError;
 use super::csr::Kind;
 use super::http::{self as h, Reply, Trust};
-use super::token::{Token, ca_hash};
+use crate::pki::KeyPairPem;
+use crate::token::{Credential, Token, ca_hash};
 
 /// The path of the supervisor endpoint that signs a certificate of `kind`.
 pub fn path(kind: Kind) -> &'static str {
@@ -41,19 +46,33 @@ pub fn node_headers(node: &str, password: &str, ips: &[IpAddr]) -> Result<Vec<(H
     ])
 }
 
-/// Fetches the cluster CA bundle from `/cacerts` and checks it against the token's hash
-/// (refused on mismatch; a warning when the token has none).
-pub async fn fetch_ca(server: &str, token: &Token) -> Result<String, JoinError> {
-    log::info!("reading /cacerts from {server} without verifying TLS: it is checked against the token's CA hash");
+/// The credential the k3s agent sends for a token: a bootstrap token as is, a password as user
+/// `node` whatever user the token names (k3s's `clientaccess.WithUser("node")`).
+pub fn agent_credential(token: &Token) -> Credential {
+    match &token.credential {
+        Credential::Password { password, .. } => {
+            Credential::Password { user: "node".to_owned(), password: password.clone() }
+        }
+        other => other.clone(),
+    }
+}
+
+/// `/cacerts` of `server`, read without verifying TLS: `Some(PEM)` when the server answers it
+/// with certificates (a k3s supervisor), `None` when it does not (an upstream API server).
+pub async fn probe(server: &str) -> Result<Option<String>, JoinError> {
     let insecure = h::client(server, &Trust::Insecure, None, Vec::new())?;
     let reply = h::send(&insecure, server, Method::GET, "/cacerts", Vec::new()).await?;
     if reply.status != StatusCode::OK {
-        return Err(JoinError::Protocol(format!("GET /cacerts on {server}: {}: {}", reply.status, reply.text())));
+        return Ok(None);
     }
-    let pem = String::from_utf8(reply.body.to_vec())
-        .map_err(|_| JoinError::Protocol(format!("/cacerts of {server} is not PEM text")))?;
+    let pem = String::from_utf8_lossy(&reply.body).into_owned();
+    Ok(h::pem_certs(&pem).is_ok().then_some(pem))
+}
+
+/// Checks `/cacerts` as read by [`probe`] against the token's hash (refused on mismatch; a
+/// warning when the token has none), then reads it again verifying the server with it.
+pub async fn verify_ca(server: &str, token: &Token, pem: String) -> Result<String, JoinError> {
     super::discovery::check_ca_hash(server, token, &pem)?;
-    // The server must hold the key of a certificate chaining to that CA: ask again, verifying.
     let verified = h::client(server, &Trust::Ca(pem.clone()), None, Vec::new())?;
     let again = h::send(&verified, server, Method::GET, "/cacerts", Vec::new()).await?;
     if again.status != StatusCode::OK || ca_hash(&again.body) != ca_hash(pem.as_bytes()) {
@@ -66,13 +85,13 @@ pub async fn fetch_ca(server: &str, token: &Token) -> Result<String, JoinError> 
 pub fn interpret(server: &str, node: &str, kind: Kind, reply: &Reply) -> Result<String, JoinError> {
     match reply.status {
         StatusCode::OK => {
-            let (certs, key) = super::files::KeyPairPem::split(&String::from_utf8_lossy(&reply.body));
+            let (certs, key) = KeyPairPem::split(&String::from_utf8_lossy(&reply.body));
             if key.is_some() {
-                // A legacy server ignores the CSR and sends a key of its own: refuse it, the key
-                // must never have left the node.
+                // The supervisor did not take our CSR and sent a shared key of its own: refuse
+                // it, the node's key must never have left the node (and must not be shared).
                 return Err(JoinError::Protocol(format!(
-                    "{server} answered the {} certificate request with a private key of its own (a k3s server \
-                     too old to sign CSRs)",
+                    "{server} answered the {} certificate request with a private key of its own instead of signing \
+                     the CSR (a k3s server older than v1.23.4, or the CSR was not DER)",
                     kind.noun()
                 )));
             }
@@ -81,35 +100,111 @@ pub fn interpret(server: &str, node: &str, kind: Kind, reply: &Reply) -> Result<
             }
             Ok(certs)
         }
-        StatusCode::UNAUTHORIZED => Err(JoinError::WrongToken {
-            server: server.to_owned(),
-            detail: format!("{} answered {} with 401 Unauthorized", server, path(kind)),
-        }),
-        StatusCode::FORBIDDEN => Err(JoinError::NodeNameTaken { node: node.to_owned() }),
-        s => Err(JoinError::Protocol(format!("POST {} on {server}: {s}: {}", path(kind), reply.text()))),
+        status => Err(refusal(server, node, &format!("POST {}", path(kind)), status, &reply.text())),
     }
 }
 
-/// Has the supervisor sign the node's certificate of `kind` for the PEM `csr`.
-pub async fn sign(
-    server: &str,
-    ca_pem: &str,
-    token: &Token,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    node: &str,
-    kind: Kind,
-    csr: &str,
-) -> Result<String, JoinError> {
-    let client = h::client(server, &Trust::Ca(ca_pem.to_owned()), Some(&token.credential), headers)?;
-    let reply = h::send(&client, server, Method::POST, path(kind), csr.as_bytes().to_vec()).await?;
-    interpret(server, node, kind, &reply)
+/// The error for a refused supervisor request: 401 is a wrong token (or a deleted Node for a
+/// node's own certificate), 403 with a password failure is the node name taken by another
+/// machine, another 403 a token whose user may not do this.
+fn refusal(server: &str, node: &str, what: &str, status: StatusCode, body: &str) -> JoinError {
+    match status {
+        StatusCode::UNAUTHORIZED => JoinError::WrongToken {
+            server: server.to_owned(),
+            detail: format!("{what} answered 401 Unauthorized: {body}"),
+        },
+        StatusCode::FORBIDDEN if body.contains("password") => JoinError::NodeNameTaken { node: node.to_owned() },
+        StatusCode::FORBIDDEN => JoinError::WrongToken {
+            server: server.to_owned(),
+            detail: format!(
+                "{what} answered 403 Forbidden: the token's user may not join nodes (a bootstrap token needs the \
+                 group system:bootstrappers:kubeadm:default-node-token, as `k3s token create` makes them): {body}"
+            ),
+        },
+        s => JoinError::Protocol(format!("{what} on {server}: {s}: {body}")),
+    }
+}
+
+/// An authenticated session with a k3s supervisor.
+pub struct Supervisor {
+    server: String,
+    node: String,
+    client: kube::Client,
+}
+
+impl Supervisor {
+    /// A client for `server` (verified against `ca_pem`), authenticated with the token (if any)
+    /// and the node's client certificate (if any), sending the node's `k3s-Node-*` headers.
+    pub fn new(
+        server: &str,
+        ca_pem: &str,
+        token: Option<&Token>,
+        identity: Option<&KeyPairPem>,
+        node: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<Supervisor, JoinError> {
+        let credential = token.map(agent_credential);
+        let client =
+            h::client_with_identity(server, &Trust::Ca(ca_pem.to_owned()), credential.as_ref(), identity, headers)?;
+        Ok(Supervisor { server: server.to_owned(), node: node.to_owned(), client })
+    }
+
+    async fn get(&self, path: &str) -> Result<Reply, JoinError> {
+        let reply = h::send(&self.client, &self.server, Method::GET, path, Vec::new()).await?;
+        if reply.status != StatusCode::OK {
+            return Err(refusal(&self.server, &self.node, &format!("GET {path}"), reply.status, &reply.text()));
+        }
+        Ok(reply)
+    }
+
+    /// The API server's URL: the supervisor's, with the port `/v1-k3s/config` gives as
+    /// `HTTPSPort` when that differs from its `SupervisorPort`.
+    pub async fn api_server(&self) -> Result<String, JoinError> {
+        let reply = self.get("/v1-k3s/config").await?;
+        let config: serde_json::Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| JoinError::Protocol(format!("/v1-k3s/config of {} is not JSON: {e}", self.server)))?;
+        Ok(api_server_url(&self.server, &config))
+    }
+
+    /// Has the supervisor sign the node's certificate of `kind` for the DER `csr`.
+    pub async fn sign(&self, kind: Kind, csr: Vec<u8>) -> Result<String, JoinError> {
+        let reply = h::send(&self.client, &self.server, Method::POST, path(kind), csr).await?;
+        interpret(&self.server, &self.node, kind, &reply)
+    }
+
+    /// The client CA bundle (PEM) the API server's kubelet client certificate chains to.
+    pub async fn client_ca(&self) -> Result<String, JoinError> {
+        let reply = self.get("/v1-k3s/client-ca.crt").await?;
+        let pem = String::from_utf8_lossy(&reply.body).into_owned();
+        h::pem_certs(&pem).map_err(|_| {
+            JoinError::Protocol(format!("/v1-k3s/client-ca.crt of {} holds no certificate", self.server))
+        })?;
+        Ok(pem)
+    }
+}
+
+/// The API server URL for a supervisor URL and its `/v1-k3s/config`.
+pub fn api_server_url(server: &str, config: &serde_json::Value) -> String {
+    let https = config["HTTPSPort"].as_u64().unwrap_or(0);
+    let supervisor = config["SupervisorPort"].as_u64().unwrap_or(0);
+    if https == 0 || https == supervisor {
+        return server.to_owned();
+    }
+    match server.parse::<http::Uri>() {
+        Ok(uri) => match uri.host() {
+            Some(host) if host.contains(':') && !host.starts_with('[') => format!("https://[{host}]:{https}"),
+            Some(host) => format!("https://{host}:{https}"),
+            None => server.to_owned(),
+        },
+        Err(_) => server.to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Secret;
     use bytes::Bytes;
-    use std::sync::{Arc, Mutex};
 
     fn reply(status: u16, body: &str) -> Reply {
         Reply { status: StatusCode::from_u16(status).unwrap(), body: Bytes::from(body.to_owned()) }
@@ -129,206 +224,43 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_always_authenticates_as_user_node() {
+        let t = Token::parse("K10::server:s3cret").unwrap();
+        assert_eq!(agent_credential(&t), Credential::Password { user: "node".into(), password: Secret::new("s3cret") });
+        let t = Token::parse("abcdef.0123456789abcdef").unwrap();
+        assert_eq!(agent_credential(&t), t.credential);
+    }
+
+    #[test]
     fn replies_name_their_cause() {
         let ck = rcgen::generate_simple_self_signed(vec!["n1".into()]).unwrap();
         let chain = format!("{}{}", ck.cert.pem(), ck.cert.pem());
         let certs = interpret("https://s", "n1", Kind::Client, &reply(200, &chain)).unwrap();
         assert_eq!(certs.matches("BEGIN CERTIFICATE").count(), 2);
         let with_key = format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem());
-        assert!(matches!(
-            interpret("https://s", "n1", Kind::Client, &reply(200, &with_key)),
-            Err(JoinError::Protocol(_))
-        ));
-        let e = interpret("https://s", "n1", Kind::Client, &reply(401, "")).unwrap_err();
+        let e = interpret("https://s", "n1", Kind::Client, &reply(200, &with_key)).unwrap_err();
+        assert!(matches!(e, JoinError::Protocol(_)) && e.to_string().contains("private key of its own"), "{e}");
+        let e = interpret("https://s", "n1", Kind::Client, &reply(401, "not authorized")).unwrap_err();
         assert!(matches!(e, JoinError::WrongToken { .. }), "{e}");
-        let e = interpret("https://s", "n1", Kind::Serving, &reply(403, "")).unwrap_err();
+        // k3s answers 403 both for a node password mismatch and for a user without the role.
+        let body =
+            r#"{"message":"forbidden: node password verification failed: unable to verify password for node n1"}"#;
+        let e = interpret("https://s", "n1", Kind::Serving, &reply(403, body)).unwrap_err();
         assert!(matches!(&e, JoinError::NodeNameTaken { node } if node == "n1"), "{e}");
-        assert!(e.to_string().contains("n1"));
+        let e = interpret("https://s", "n1", Kind::Serving, &reply(403, r#"{"message":"forbidden"}"#)).unwrap_err();
+        assert!(matches!(e, JoinError::WrongToken { .. }) && e.to_string().contains("default-node-token"), "{e}");
         let e = interpret("https://s", "n1", Kind::Serving, &reply(500, "boom")).unwrap_err();
         assert!(e.to_string().contains("boom"), "{e}");
     }
 
-    /// A fake k3s supervisor on 127.0.0.1 (HTTPS with a certificate from its own CA): serves
-    /// `/cacerts` and signs CSRs POSTed to `/v1-k3s/{client,serving}-kubelet.crt` for user
-    /// `node` with password `secret`, checking the node password as k3s does (the first one
-    /// seen for a node name wins, another one is 403).
-    struct FakeK3s {
-        url: String,
-        ca_pem: String,
-        seen: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
-        passwords: Arc<Mutex<std::collections::HashMap<String, String>>>,
-    }
-
-    impl FakeK3s {
-        async fn start() -> FakeK3s {
-            use hyper::service::service_fn;
-            use hyper_util::rt::TokioIo;
-            let ca_key = rcgen::KeyPair::generate().unwrap();
-            let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
-            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca_params.distinguished_name.push(rcgen::DnType::CommonName, "k3s-server-ca");
-            let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-            let ca_pem = ca_cert.pem();
-            let issuer = Arc::new(rcgen::Issuer::new(ca_params, ca_key));
-            let server_key = rcgen::KeyPair::generate().unwrap();
-            let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
-                .unwrap()
-                .signed_by(&server_key, &issuer)
-                .unwrap();
-            let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![server_cert.der().clone()],
-                    rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
-                )
-                .unwrap();
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("https://{}", listener.local_addr().unwrap());
-            let seen = Arc::new(Mutex::new(Vec::new()));
-            let passwords = Arc::new(Mutex::new(std::collections::HashMap::new()));
-            let (seen2, passwords2, ca2) = (seen.clone(), passwords.clone(), ca_pem.clone());
-            tokio::spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else { return };
-                    let Ok(tls) = acceptor.accept(tcp).await else { continue };
-                    let (seen, passwords, ca, issuer) =
-                        (seen2.clone(), passwords2.clone(), ca2.clone(), issuer.clone());
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                            let (seen, passwords, ca, issuer) =
-                                (seen.clone(), passwords.clone(), ca.clone(), issuer.clone());
-                            async move {
-                                use http_body_util::BodyExt;
-                                let (parts, body) = req.into_parts();
-                                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                                seen.lock().unwrap().push((parts.uri.path().to_owned(), parts.headers.clone()));
-                                let reply = |status: u16, text: String| {
-                                    let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(text)));
-                                    *r.status_mut() = StatusCode::from_u16(status).unwrap();
-                                    Ok::<_, std::convert::Infallible>(r)
-                                };
-                                if parts.uri.path() == "/cacerts" {
-                                    return reply(200, ca);
-                                }
-                                let header = |n: &str| {
-                                    parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
-                                };
-                                if header("authorization") != "Basic bm9kZTpzZWNyZXQ=" {
-                                    return reply(401, "Unauthorized".into());
-                                }
-                                let (node, password) = (header("k3s-node-name"), header("k3s-node-password"));
-                                let known =
-                                    passwords.lock().unwrap().entry(node.clone()).or_insert(password.clone()).clone();
-                                if known != password {
-                                    return reply(403, format!("Node password rejected for {node}"));
-                                }
-                                let Ok(csr) =
-                                    rcgen::CertificateSigningRequestParams::from_pem(&String::from_utf8_lossy(&body))
-                                else {
-                                    return reply(400, "bad CSR".into());
-                                };
-                                let cert = csr.signed_by(&issuer).unwrap();
-                                reply(200, format!("{}{ca}", cert.pem()))
-                            }
-                        });
-                        let _ =
-                            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
-                    });
-                }
-            });
-            FakeK3s { url, ca_pem, seen, passwords }
-        }
-
-        fn posts(&self) -> usize {
-            self.seen.lock().unwrap().iter().filter(|(p, _)| p.starts_with("/v1-k3s/")).count()
-        }
-    }
-
-    fn settings(dir: &std::path::Path, server: &str, token: &str) -> crate::join::Settings {
-        crate::join::Settings {
-            server: server.to_owned(),
-            token: crate::config::TokenSource::Inline(crate::join::token::Secret::new(token)),
-            node: "n1".into(),
-            ips: vec!["127.0.1.9".parse().unwrap()],
-            kubeconfig: dir.join("kubeconfig"),
-            state_dir: dir.join("state"),
-        }
-    }
-
-    fn tempdir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("vks-k3s-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    #[tokio::test]
-    async fn joins_a_fake_k3s_supervisor() {
-        let k3s = FakeK3s::start().await;
-        let dir = tempdir("ok");
-        let hash = ca_hash(k3s.ca_pem.as_bytes());
-        let s = settings(&dir, &k3s.url, &format!("K10{hash}::node:secret"));
-        assert_eq!(crate::join::ensure(&s).await.unwrap(), crate::join::Outcome::Joined);
-
-        // The kubeconfig: this server, its CA, a client certificate for system:node:n1.
-        let creds = crate::join::files::read_kubeconfig(&s.kubeconfig).unwrap();
-        assert_eq!(creds.server, k3s.url);
-        assert_eq!(creds.ca_pem.as_deref(), Some(k3s.ca_pem.as_str()));
-        let leaf = creds.client.leaf().unwrap();
-        assert_eq!(leaf.common_name, "system:node:n1");
-        assert_eq!(leaf.organizations, ["system:nodes"]);
-        // The serving certificate, with the node's name and IPs.
-        let (serving, info) = crate::join::renew::stored_serving(&s).unwrap();
-        assert!(serving.key_pem.contains("PRIVATE KEY"));
-        for want in ["n1", "localhost", "127.0.1.9", "127.0.0.1"] {
-            assert!(info.sans.iter().any(|x| x == want), "{want} not in {:?}", info.sans);
-        }
-        // What the supervisor saw: /cacerts twice (unverified, then verified), two CSRs with
-        // the node's name, password and IPs.
-        let seen = k3s.seen.lock().unwrap().clone();
-        let paths: Vec<_> = seen.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, ["/cacerts", "/cacerts", "/v1-k3s/client-kubelet.crt", "/v1-k3s/serving-kubelet.crt"]);
-        let password = std::fs::read_to_string(s.state_dir.join("node-password")).unwrap();
-        for (_, h) in &seen[2..] {
-            assert_eq!(h["k3s-node-name"], "n1");
-            assert_eq!(h["k3s-node-password"], password.trim());
-            assert_eq!(h["k3s-node-ip"], "127.0.1.9");
-        }
-        // Idempotent.
-        assert_eq!(crate::join::ensure(&s).await.unwrap(), crate::join::Outcome::AlreadyJoined);
-        assert_eq!(k3s.posts(), 2);
-    }
-
-    #[tokio::test]
-    async fn refusals_of_a_fake_k3s_supervisor_name_their_cause() {
-        let k3s = FakeK3s::start().await;
-        let hash = ca_hash(k3s.ca_pem.as_bytes());
-        // Another cluster's CA: refused before any credential is sent.
-        let dir = tempdir("hash");
-        let e = crate::join::ensure(&settings(&dir, &k3s.url, &format!("K10{}::node:secret", "1".repeat(64))))
-            .await
-            .unwrap_err();
-        assert!(matches!(e, JoinError::CaHashMismatch { .. }), "{e}");
-        assert_eq!(k3s.posts(), 0);
-        // A wrong password.
-        let dir = tempdir("pw");
-        let e = crate::join::ensure(&settings(&dir, &k3s.url, &format!("K10{hash}::node:wrong"))).await.unwrap_err();
-        assert!(matches!(e, JoinError::WrongToken { .. }), "{e}");
-        // Node n1 registered by another machine (another node password).
-        k3s.passwords.lock().unwrap().insert("n1".into(), "someone-else".into());
-        let dir = tempdir("taken");
-        let s = settings(&dir, &k3s.url, &format!("K10{hash}::node:secret"));
-        let e = crate::join::ensure(&s).await.unwrap_err();
-        assert!(matches!(&e, JoinError::NodeNameTaken { node } if node == "n1"), "{e}");
-        assert!(!s.kubeconfig.exists(), "nothing written");
-        // A bare password (no CA hash) joins, trusting the served CA.
-        k3s.passwords.lock().unwrap().clear();
-        let dir = tempdir("nohash");
-        assert_eq!(
-            crate::join::ensure(&settings(&dir, &k3s.url, "secret")).await.unwrap(),
-            crate::join::Outcome::Joined
-        );
+    #[test]
+    fn the_api_server_is_found_from_the_supervisor_config() {
+        let cfg = |https: u64, sup: u64| serde_json::json!({ "HTTPSPort": https, "SupervisorPort": sup });
+        // k3s: one port for both.
+        assert_eq!(api_server_url("https://10.0.0.1:6443", &cfg(6443, 6443)), "https://10.0.0.1:6443");
+        // RKE2-style: the supervisor on its own port.
+        assert_eq!(api_server_url("https://10.0.0.1:9345", &cfg(6443, 9345)), "https://10.0.0.1:6443");
+        assert_eq!(api_server_url("https://[fd00::1]:9345", &cfg(6443, 9345)), "https://[fd00::1]:6443");
+        assert_eq!(api_server_url("https://s:9345", &serde_json::json!({})), "https://s:9345");
     }
 }

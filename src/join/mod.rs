@@ -1,20 +1,27 @@
 //! Joining a cluster with a token and keeping the node's certificates fresh.
 //!
 //! `vks join` (and `vks run` before anything else when `[cluster] server` and a token are set)
-//! obtains the node's client certificate (`system:node:<name>`, group `system:nodes`) and
-//! writes the kubeconfig vks uses (`cluster.kubeconfig`, 0600, atomically). Two flows:
-//! - a bootstrap token `<id>.<secret>` (optionally `K10<CA hash>::<id>.<secret>`), the upstream
-//!   way ([`discovery`] then the CSR API in [`csr`]), tested end to end;
-//! - a k3s token `K10<CA hash>::node:<password>`, the k3s agent's way ([`k3s`]), unit-tested only.
+//! obtains the node's client certificate (`system:node:<name>`, group `system:nodes`), writes the
+//! kubeconfig vks uses (`cluster.kubeconfig`, 0600, atomically) and the client CA bundle of the
+//! kubelet API (`<state_dir>/client-ca.crt`, 0644). The server decides the flow: one that serves
+//! `/cacerts` is a k3s supervisor, anything else an upstream (kubeadm-style) API server.
+//! - k3s ([`k3s`]), as the k3s agent joins, for every k3s token form (`K10<hash>::node:<pw>`,
+//!   `K10<hash>::<id>.<secret>`, a bare password or bootstrap token): the supervisor signs both
+//!   certificates for CSRs in DER and enforces its node-password secrets; the client CA comes
+//!   from `/v1-k3s/client-ca.crt`; the daemon then keeps the agent tunnel (`tunnel`) to it.
+//! - kubeadm-style, with a bootstrap token: [`discovery`] (signed `kube-public/cluster-info`),
+//!   then the CSR API ([`csr`]); the client CA is `kube-system/extension-apiserver-authentication`
+//!   (`client-ca-file`), else the cluster CA (kubeadm's single CA signs both).
 //!
-//! A node password (random, `<state_dir>/node-password`, 0600) identifies the machine: its hash
-//! is the Node's `vks.io/node-password-hash` annotation, and a machine whose password does not
-//! match is refused the node name ([`JoinError::NodeNameTaken`]) before anything is written.
+//! A node password (random, `<state_dir>/node-password`, 0600) identifies the machine: k3s
+//! checks it against its node-password secret; vks also keeps its hash on the Node
+//! ([`crate::node::ownership`]); a machine whose password does not match is refused the node name
+//! ([`JoinError::NodeNameTaken`]) before anything is written.
 //!
 //! While vks runs, [`renew::maintain`] renews both certificates at 70–90 % of their lifetime
-//! (like the kubelet) and obtains the kubelet serving certificate with a
-//! `kubernetes.io/kubelet-serving` CSR; the new identities are swapped in without a restart.
-//! Nothing here panics; every error names its cause and the object concerned.
+//! (like the kubelet), the same way they were obtained, and keeps the client CA bundle current;
+//! the new identities are swapped in without a restart. Nothing here panics; every error names
+//! its cause and the object concerned.
 
 pub mod csr;
 pub mod discovery;
@@ -22,19 +29,17 @@ pub mod files;
 pub mod http;
 pub mod k3s;
 pub mod renew;
-pub mod token;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
-
 use crate::config::{Config, TokenSource};
-use files::{KeyPairPem, NodeCredentials, PASSWORD_HASH_ANNOTATION};
-use token::{Credential, Token, TokenError};
+use crate::node::ownership::{self, ClaimError, NodeNameTaken};
+use crate::pki::KeyPairPem;
+use crate::token::{Credential, Token, TokenError};
+use files::NodeCredentials;
 
 /// Why joining (or renewing) failed. Each message names the cause and the object.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,15 @@ pub enum JoinError {
     NodeNameTaken {
         /// The node name.
         node: String,
+    },
+    /// A password token, but the server is no k3s supervisor.
+    #[error(
+        "{server} does not serve /cacerts, so it is no k3s server: a k3s token (K10<hash>::node:<password> or a \
+         password) joins a k3s server (its supervisor URL); an upstream API server needs a bootstrap token"
+    )]
+    NotASupervisor {
+        /// The server URL.
+        server: String,
     },
     /// The server does not publish `kube-public/cluster-info` anonymously.
     #[error(
@@ -126,7 +140,20 @@ pub enum JoinError {
     Protocol(String),
 }
 
+impl From<NodeNameTaken> for JoinError {
+    fn from(e: NodeNameTaken) -> JoinError {
+        JoinError::NodeNameTaken { node: e.node }
+    }
+}
+
 impl JoinError {
+    fn from_claim(server: &str, e: ClaimError) -> JoinError {
+        match e {
+            ClaimError::Taken(t) => t.into(),
+            ClaimError::Api { what, source } => api_error(server, &what, source),
+        }
+    }
+
     /// Whether trying again later may help (the server is unreachable or does not yet know the
     /// token): the daemon retries these, and refuses the others for good.
     pub fn is_transient(&self) -> bool {
@@ -160,7 +187,7 @@ pub struct Settings {
     pub ips: Vec<IpAddr>,
     /// Where the kubeconfig is written (`cluster.kubeconfig`).
     pub kubeconfig: PathBuf,
-    /// `paths.state_dir`: node password and serving certificate.
+    /// `paths.state_dir`: node password, serving certificate, client CA bundle.
     pub state_dir: PathBuf,
 }
 
@@ -193,7 +220,30 @@ impl Settings {
         serving_path(&self.state_dir)
     }
 
-    fn read_token(&self) -> Result<Token, JoinError> {
+    /// The marker of a join through a k3s supervisor (holds the supervisor URL).
+    fn supervisor_marker(&self) -> PathBuf {
+        self.state_dir.join("k3s-supervisor")
+    }
+
+    /// Whether this node joined `server` through its k3s supervisor (then the certificates are
+    /// renewed there and the agent tunnel is kept to it).
+    pub fn joined_k3s(&self) -> bool {
+        std::fs::read_to_string(self.supervisor_marker()).is_ok_and(|s| s.trim() == self.server)
+    }
+
+    fn mark_k3s(&self, k3s: bool) -> Result<(), JoinError> {
+        let path = self.supervisor_marker();
+        if k3s {
+            crate::fsutil::write_atomic(&path, format!("{}\n", self.server).as_bytes(), 0o644)
+                .map_err(|source| files::FileError { what: "writing", path, source })?;
+        } else if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| files::FileError { what: "removing", path, source })?;
+        }
+        Ok(())
+    }
+
+    /// The join token (read from `cluster.token_file` each time).
+    pub fn read_token(&self) -> Result<Token, JoinError> {
         let text = match &self.token {
             TokenSource::Inline(s) => s.expose().to_owned(),
             TokenSource::File(p) => {
@@ -202,11 +252,21 @@ impl Settings {
         };
         Ok(Token::parse(&text)?)
     }
+
+    /// The node's `k3s-Node-*` headers.
+    fn k3s_headers(&self) -> Result<Vec<(::http::HeaderName, ::http::HeaderValue)>, JoinError> {
+        k3s::node_headers(&self.node, &files::node_password(&self.state_dir)?, &self.ips)
+    }
 }
 
 /// Where vks keeps the kubelet serving certificate it obtained.
 pub fn serving_path(state_dir: &Path) -> PathBuf {
     state_dir.join("pki/kubelet-serving.pem")
+}
+
+/// When a credential file was last written (when its certificate was obtained).
+pub fn written_at(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// What [`ensure`] did.
@@ -230,7 +290,7 @@ const CLIENT_CSR_WAIT: Duration = Duration::from_secs(120);
 pub async fn ensure(s: &Settings) -> Result<Outcome, JoinError> {
     if let Some(creds) = current_credentials(s) {
         let leaf = creds.client.leaf().map_err(JoinError::Protocol)?;
-        if !renew::due(&leaf) {
+        if !renew::due(&leaf, written_at(&s.kubeconfig)) {
             log::info!(node = s.node.as_str(); "node {} already has credentials for {} (valid until {})", s.node, s.server, renew::show_time(leaf.not_after));
             return Ok(Outcome::AlreadyJoined);
         }
@@ -243,20 +303,26 @@ pub async fn ensure(s: &Settings) -> Result<Outcome, JoinError> {
     }
     let token = s.read_token()?;
     let hash = s.password_hash()?;
-    match &token.credential {
-        Credential::Bootstrap { .. } => bootstrap_join(s, &token, &hash).await?,
-        Credential::Password { .. } => k3s_join(s, &token).await?,
+    match k3s::probe(&s.server).await? {
+        Some(cacerts) => k3s_join(s, &token, cacerts, &hash).await?,
+        None if matches!(token.credential, Credential::Bootstrap { .. }) => bootstrap_join(s, &token, &hash).await?,
+        None => return Err(JoinError::NotASupervisor { server: s.server.clone() }),
     }
     log::info!(node = s.node.as_str(); "node {} joined {}; credentials in {}", s.node, s.server, s.kubeconfig.display());
     Ok(Outcome::Joined)
 }
 
-/// The credentials in `cluster.kubeconfig` if they are for this server and node and valid now.
+/// The credentials in `cluster.kubeconfig` if they are for this cluster and node and valid now.
+/// (A k3s join writes the API server's URL, which may differ from the supervisor's in the port.)
 pub fn current_credentials(s: &Settings) -> Option<NodeCredentials> {
     let creds = files::read_kubeconfig(&s.kubeconfig).ok()?;
     let leaf = creds.client.leaf().ok()?;
-    (creds.server.trim_end_matches('/') == s.server && leaf.common_name == s.user() && leaf.valid_now())
-        .then_some(creds)
+    (same_host(&creds.server, &s.server) && leaf.common_name == s.user() && leaf.valid_now()).then_some(creds)
+}
+
+fn same_host(a: &str, b: &str) -> bool {
+    let host = |u: &str| u.parse::<::http::Uri>().ok().and_then(|u| u.host().map(str::to_owned));
+    host(a).is_some() && host(a) == host(b)
 }
 
 /// How long discovery waits for the bootstrap signer to sign cluster-info for a token that was
@@ -283,24 +349,37 @@ async fn bootstrap_join(s: &Settings, token: &Token, hash: &str) -> Result<(), J
     let client = KeyPairPem { certs_pem, key_pem: csr::key_pem(&key) };
     let text = files::render_kubeconfig(&s.server, &info.ca_pem, &client, &s.user()).map_err(JoinError::Protocol)?;
     let node_client = client_from_kubeconfig_text(&text).await?;
-    claim_node(&node_client, &s.server, &s.node, hash).await?;
+    ownership::claim(&node_client, &s.node, hash).await.map_err(|e| JoinError::from_claim(&s.server, e))?;
+    let client_ca = renew::kubeadm_client_ca(&node_client, &s.server, &info.ca_pem).await?;
+    files::write_client_ca(&s.state_dir, &client_ca)?;
+    s.mark_k3s(false)?;
     files::write_private(&s.kubeconfig, text.as_bytes())?;
     Ok(())
 }
 
-async fn k3s_join(s: &Settings, token: &Token) -> Result<(), JoinError> {
-    let ca = k3s::fetch_ca(&s.server, token).await?;
-    let password = files::node_password(&s.state_dir)?;
-    let headers = k3s::node_headers(&s.node, &password, &s.ips)?;
-    let key = csr::new_key()?;
-    let request = csr::request(csr::Kind::Client, &s.node, &[], &key)?;
-    let certs_pem = k3s::sign(&s.server, &ca, token, headers.clone(), &s.node, csr::Kind::Client, &request).await?;
-    let client = KeyPairPem { certs_pem, key_pem: csr::key_pem(&key) };
+/// Joins through a k3s supervisor as the k3s agent does: serving certificate, client certificate,
+/// client CA, then the kubeconfig for the API server the supervisor names.
+async fn k3s_join(s: &Settings, token: &Token, cacerts: String, hash: &str) -> Result<(), JoinError> {
+    let ca = k3s::verify_ca(&s.server, token, cacerts).await?;
+    let supervisor = k3s::Supervisor::new(&s.server, &ca, Some(token), None, &s.node, s.k3s_headers()?)?;
+    let api_server = supervisor.api_server().await?;
     let serving_key = csr::new_key()?;
-    let request = csr::request(csr::Kind::Serving, &s.node, &s.ips, &serving_key)?;
-    let certs_pem = k3s::sign(&s.server, &ca, token, headers, &s.node, csr::Kind::Serving, &request).await?;
-    KeyPairPem { certs_pem, key_pem: csr::key_pem(&serving_key) }.write_combined(&s.serving_path())?;
-    let text = files::render_kubeconfig(&s.server, &ca, &client, &s.user()).map_err(JoinError::Protocol)?;
+    let request = csr::request_der(csr::Kind::Serving, &s.node, &s.ips, &serving_key)?;
+    let serving = KeyPairPem {
+        certs_pem: supervisor.sign(csr::Kind::Serving, request).await?,
+        key_pem: csr::key_pem(&serving_key),
+    };
+    let key = csr::new_key()?;
+    let request = csr::request_der(csr::Kind::Client, &s.node, &[], &key)?;
+    let client =
+        KeyPairPem { certs_pem: supervisor.sign(csr::Kind::Client, request).await?, key_pem: csr::key_pem(&key) };
+    let client_ca = supervisor.client_ca().await?;
+    let text = files::render_kubeconfig(&api_server, &ca, &client, &s.user()).map_err(JoinError::Protocol)?;
+    let node_client = client_from_kubeconfig_text(&text).await?;
+    ownership::claim(&node_client, &s.node, hash).await.map_err(|e| JoinError::from_claim(&api_server, e))?;
+    serving.write_combined(&s.serving_path())?;
+    files::write_client_ca(&s.state_dir, &client_ca)?;
+    s.mark_k3s(true)?;
     files::write_private(&s.kubeconfig, text.as_bytes())?;
     Ok(())
 }
@@ -315,68 +394,9 @@ pub async fn client_from_kubeconfig_text(text: &str) -> Result<kube::Client, Joi
     kube::Client::try_from(config).map_err(|e| bad(&e))
 }
 
-/// Who owns a Node, by its annotation.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Owner {
-    /// No Node of that name.
-    NoNode,
-    /// The Node has no owner annotation (registered by something else than a joined vks).
-    Unclaimed,
-    /// This machine.
-    Us,
-    /// Another machine.
-    Other,
-}
-
-/// Who owns `node`, given this machine's password hash.
-pub fn owner(node: Option<&Node>, hash: &str) -> Owner {
-    let Some(node) = node else { return Owner::NoNode };
-    match node.metadata.annotations.as_ref().and_then(|a| a.get(PASSWORD_HASH_ANNOTATION)) {
-        None => Owner::Unclaimed,
-        Some(h) if h == hash => Owner::Us,
-        Some(_) => Owner::Other,
-    }
-}
-
-/// Checks that the Node `node` is free or ours, and claims an unclaimed one by annotating it.
-/// A Node that does not exist yet is claimed when vks registers it.
-pub async fn claim_node(client: &kube::Client, server: &str, node: &str, hash: &str) -> Result<(), JoinError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let existing = nodes.get_opt(node).await.map_err(|e| api_error(server, &format!("reading Node {node}"), e))?;
-    match owner(existing.as_ref(), hash) {
-        Owner::NoNode | Owner::Us => Ok(()),
-        Owner::Other => Err(JoinError::NodeNameTaken { node: node.to_owned() }),
-        Owner::Unclaimed => {
-            log::warn!(node = node; "Node {node} exists without a node-password hash; claiming it for this machine");
-            let patch = serde_json::json!({ "metadata": { "annotations": { PASSWORD_HASH_ANNOTATION: hash } } });
-            nodes
-                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| api_error(server, &format!("annotating Node {node}"), e))?;
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(annotation: Option<&str>) -> Node {
-        let mut n = Node::default();
-        n.metadata.name = Some("n1".into());
-        n.metadata.annotations =
-            annotation.map(|h| [(PASSWORD_HASH_ANNOTATION.to_owned(), h.to_owned())].into_iter().collect());
-        n
-    }
-
-    #[test]
-    fn node_ownership_follows_the_password_hash() {
-        assert_eq!(owner(None, "h"), Owner::NoNode);
-        assert_eq!(owner(Some(&node(None)), "h"), Owner::Unclaimed);
-        assert_eq!(owner(Some(&node(Some("h"))), "h"), Owner::Us);
-        assert_eq!(owner(Some(&node(Some("x"))), "h"), Owner::Other);
-    }
 
     #[test]
     fn errors_name_their_cause() {
@@ -392,6 +412,17 @@ mod tests {
             kube::Error::Api(kube::core::Status::failure("no", "Unauthorized").with_code(401).boxed()),
         );
         assert!(matches!(e, JoinError::WrongToken { .. }), "{e}");
+        let e: JoinError = NodeNameTaken { node: "n2".into() }.into();
+        assert!(matches!(&e, JoinError::NodeNameTaken { node } if node == "n2"));
+        let e = JoinError::NotASupervisor { server: "https://s:6443".into() };
+        assert!(e.to_string().contains("does not serve /cacerts"), "{e}");
+    }
+
+    #[test]
+    fn credentials_of_the_api_server_port_count_for_the_supervisor() {
+        assert!(same_host("https://127.0.0.1:6443", "https://127.0.0.1:9345"));
+        assert!(!same_host("https://127.0.0.2:6443", "https://127.0.0.1:6443"));
+        assert!(!same_host("", ""));
     }
 
     #[tokio::test]
@@ -405,7 +436,7 @@ mod tests {
         let client = KeyPairPem { certs_pem: cert.pem(), key_pem: key.serialize_pem() };
         let s = Settings {
             server: "https://127.0.0.1:1".into(),
-            token: TokenSource::Inline(token::Secret::new("abcdef.0123456789abcdef")),
+            token: TokenSource::Inline(crate::token::Secret::new("abcdef.0123456789abcdef")),
             node: "n1".into(),
             ips: vec![],
             kubeconfig: dir.join("kubeconfig"),
@@ -421,5 +452,11 @@ mod tests {
         // Credentials for another node name are not ours: a join is attempted (and fails).
         let other = Settings { node: "n2".into(), ..s.clone() };
         assert!(matches!(ensure(&other).await, Err(JoinError::Unreachable { .. })));
+        assert!(!s.joined_k3s());
+        s.mark_k3s(true).unwrap();
+        assert!(s.joined_k3s());
+        assert!(!Settings { server: "https://other:1".into(), ..s.clone() }.joined_k3s());
+        s.mark_k3s(false).unwrap();
+        assert!(!s.joined_k3s());
     }
 }

@@ -27,8 +27,37 @@ use crate::config::KubeletConfig;
 /// A bound, not yet serving, kubelet API.
 pub struct KubeletServer {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    handler: ConnectionHandler,
     identity: Arc<ServingIdentity>,
+}
+
+/// Serves one connection of the kubelet API: the TLS handshake (client certificates verified as
+/// configured), then HTTP. Used for the connections accepted on the kubelet port and for those
+/// the API server opens through the agent tunnel, so both are served alike.
+#[derive(Clone)]
+pub struct ConnectionHandler {
+    acceptor: TlsAcceptor,
+}
+
+impl ConnectionHandler {
+    /// Serves `stream` until the peer closes it; `peer` names it in log messages.
+    pub async fn serve<S>(&self, stream: S, peer: String)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let tls = match self.acceptor.accept(stream).await {
+            Ok(t) => t,
+            Err(e) => {
+                log::debug!("kubelet API TLS handshake with {peer}: {e}");
+                return;
+            }
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle));
+        if let Err(e) = conn.await {
+            log::debug!("kubelet API connection from {peer}: {e}");
+        }
+    }
 }
 
 /// The serving certificate, replaceable while serving (renewal, a newly issued certificate):
@@ -46,7 +75,7 @@ impl ServingIdentity {
     }
 
     /// Serves `pair` (chain and key, PEM) from the next handshake on.
-    pub fn set(&self, pair: &crate::join::files::KeyPairPem) -> Result<(), String> {
+    pub fn set(&self, pair: &crate::pki::KeyPairPem) -> Result<(), String> {
         let (certs, key) = pair.to_der()?;
         let ck = rustls::sign::CertifiedKey::from_der(certs, key, &provider())
             .map_err(|e| format!("serving certificate and key do not match: {e}"))?;
@@ -118,7 +147,7 @@ impl KubeletServer {
     pub async fn bind(
         cfg: &KubeletConfig,
         names: &[String],
-        initial: Option<&crate::join::files::KeyPairPem>,
+        initial: Option<&crate::pki::KeyPairPem>,
     ) -> Result<KubeletServer> {
         let (certs, key) = match initial {
             Some(pair) => pair.to_der().map_err(|e| anyhow::anyhow!("the stored serving certificate: {e}"))?,
@@ -128,7 +157,13 @@ impl KubeletServer {
         let tls = tls_config(cfg, identity.clone())?;
         let addr = SocketAddr::new(cfg.address, cfg.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the kubelet API to {addr}"))?;
-        Ok(KubeletServer { listener, acceptor: TlsAcceptor::from(Arc::new(tls)), identity })
+        let handler = ConnectionHandler { acceptor: TlsAcceptor::from(Arc::new(tls)) };
+        Ok(KubeletServer { listener, handler, identity })
+    }
+
+    /// The handler of this server's connections, for connections that arrive another way.
+    pub fn connection_handler(&self) -> ConnectionHandler {
+        self.handler.clone()
     }
 
     /// The serving certificate, to replace it while serving.
@@ -158,21 +193,12 @@ impl KubeletServer {
                     }
                 },
             };
-            let acceptor = self.acceptor.clone();
+            let handler = self.handler.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        log::debug!("kubelet API TLS handshake with {peer}: {e}");
-                        return;
-                    }
-                };
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle));
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    r = conn => if let Err(e) = r { log::debug!("kubelet API connection from {peer}: {e}") },
+                    () = handler.serve(tcp, peer.to_string()) => {}
                 }
             });
         }

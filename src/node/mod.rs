@@ -4,6 +4,7 @@
 //! these loops: they retry with capped back-off and log state changes through [`ApiHealth`].
 
 pub mod lease;
+pub mod ownership;
 pub mod status;
 
 use std::sync::Arc;
@@ -90,11 +91,11 @@ impl NodeAgent {
         self
     }
 
-    /// Refuses a Node registered by another machine (see [`crate::join::claim_node`]).
+    /// Refuses a Node registered by another machine (see [`ownership`]).
     fn check_owner(&self, node: &Node) -> Result<()> {
         match &self.password_hash {
-            Some(hash) if crate::join::owner(Some(node), hash) == crate::join::Owner::Other => {
-                Err(crate::join::JoinError::NodeNameTaken { node: self.id.name.clone() }.into())
+            Some(hash) if ownership::owner(Some(node), hash) == ownership::Owner::Other => {
+                Err(ownership::NodeNameTaken { node: self.id.name.clone() }.into())
             }
             _ => Ok(()),
         }
@@ -140,7 +141,7 @@ impl NodeAgent {
                     self.check_owner(&node)?;
                     return Ok(node);
                 }
-                Err(e) if e.downcast_ref::<crate::join::JoinError>().is_some() => return Err(e),
+                Err(e) if e.downcast_ref::<ownership::NodeNameTaken>().is_some() => return Err(e),
                 Err(e) => self.health.report(&format!("registering node {}", self.id.name), &e),
             }
             tokio::select! {
@@ -157,7 +158,7 @@ impl NodeAgent {
                 let mut node = status::new_node(&self.config, &self.id, &observed.facts, self.status(&observed, None));
                 if let Some(hash) = &self.password_hash {
                     node.metadata.annotations =
-                        Some([(crate::join::files::PASSWORD_HASH_ANNOTATION.to_owned(), hash.clone())].into());
+                        Some([(ownership::PASSWORD_HASH_ANNOTATION.to_owned(), hash.clone())].into());
                 }
                 match self.nodes.create(&PostParams::default(), &node).await {
                     Ok(created) => {
@@ -171,9 +172,9 @@ impl NodeAgent {
             Some(existing) => {
                 self.check_owner(&existing)?;
                 if let Some(hash) = &self.password_hash
-                    && crate::join::owner(Some(&existing), hash) == crate::join::Owner::Unclaimed
+                    && ownership::owner(Some(&existing), hash) == ownership::Owner::Unclaimed
                 {
-                    let annotation = crate::join::files::PASSWORD_HASH_ANNOTATION;
+                    let annotation = ownership::PASSWORD_HASH_ANNOTATION;
                     let patch = serde_json::json!({ "metadata": { "annotations": { annotation: hash } } });
                     self.nodes
                         .patch(&self.id.name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -10,6 +10,7 @@
 
 mod debs;
 mod images;
+mod k3s_join;
 mod node;
 mod package;
 mod pods;

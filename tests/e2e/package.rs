@@ -41,7 +41,7 @@ fn zg2_deb() -> PathBuf {
 
 /// Copies the packages into the node and makes it look like stock Debian (no container
 /// policy-rc.d, see k3s/node). Returns the apt command line that installs them.
-fn stage_packages(node: &Node) -> String {
+pub(crate) fn stage_packages(node: &Node) -> String {
     let dir = node.root().join("tmp/pkgs");
     std::fs::create_dir_all(&dir).unwrap();
     for p in [deb(), zg2_deb()] {
@@ -54,13 +54,13 @@ fn stage_packages(node: &Node) -> String {
 }
 
 /// A bootstrap token made as kubeadm makes one; deleted on drop.
-struct Token {
-    id: String,
+pub(crate) struct Token {
+    pub(crate) id: String,
     secret: String,
 }
 
 impl Token {
-    fn new() -> Token {
+    pub(crate) fn new() -> Token {
         let mut bytes = [0u8; 22];
         std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut bytes).unwrap();
         let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -87,7 +87,7 @@ stringData:
         t
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         format!("{}.{}", self.id, self.secret)
     }
 }
@@ -108,7 +108,7 @@ fn config(node: &Node, name: &str, server: &str, token: &str) -> String {
 }
 
 /// Writes /etc/vks/config.toml (0600: it holds the token).
-fn write_config(node: &Node, text: &str) {
+pub(crate) fn write_config(node: &Node, text: &str) {
     let path = node.root().join("etc/vks/config.toml");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, text).unwrap();
@@ -118,7 +118,7 @@ fn write_config(node: &Node, text: &str) {
 const SERVER: &str = "https://127.0.0.1:6443";
 
 /// SHA-256 of the cluster CA as served (what a K10 token pins).
-fn ca_hash() -> String {
+pub(crate) fn ca_hash() -> String {
     let kc = kubeconfig().to_string_lossy().into_owned();
     let ca = check(Command::new("sh").arg("-c").arg(format!(
         "sed -n 's/^ *certificate-authority-data: //p' {kc} | head -n 1 | base64 -d | sha256sum | cut -d' ' -f1"
@@ -169,6 +169,9 @@ async fn apt_install_join_ready_stop_and_purge() {
         "sed -n 's/^ *client-certificate-data: //p' /etc/vks/kubeconfig | base64 -d | openssl x509 -noout -subject",
     );
     assert_eq!(subject.trim(), format!("subject=O = system:nodes, CN = system:node:{}", node.name));
+    // The kubelet API's client CA: the API server's, read from extension-apiserver-authentication.
+    let client_ca = kubeconfig().parent().unwrap().join("pki/client-ca.crt");
+    assert_eq!(node.exec(&["cat", "/var/lib/vks/client-ca.crt"]), std::fs::read_to_string(client_ca).unwrap());
     // Re-running the join is a no-op.
     let again = node.exec(&["vks", "join"]);
     assert!(again.contains("already joined"), "{again}");
