@@ -15,5 +15,6 @@ mod node;
 mod package;
 mod pods;
 mod supervision;
+mod upgrade;
 mod support;
 mod unit_roundtrip;
