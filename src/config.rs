@@ -174,7 +174,32 @@ pub struct KubeletConfig {
     /// Key of the serving certificate (PEM).
     pub tls_key_file: Option<PathBuf>,
     /// CA that signs the client certificates of kubelet API callers (the cluster's client CA).
+    /// `None`: `<state_dir>/client-ca.crt` when present (written by the join).
     pub client_ca_file: Option<PathBuf>,
+    /// Requests without credentials are authorized as `system:anonymous` (else 401).
+    pub anonymous_auth: bool,
+    /// `/healthz` answers without credentials.
+    pub healthz_anonymous: bool,
+    /// Open connections, all clients together.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_client: usize,
+    /// Concurrent streams (log follows, exec, attach, port-forward) per client address.
+    pub max_streams_per_client: usize,
+    /// Time allowed for a TLS handshake.
+    #[serde(with = "humantime_serde_compat")]
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Time allowed for a request header after connecting or after the previous response.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: std::time::Duration,
+    /// A stream that moves no byte for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub streaming_idle_timeout: std::time::Duration,
+    /// Largest request header, bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes.
+    #[serde(serialize_with = "bytes_quantity")]
+    pub max_body_bytes: u64,
 }
 
 /// `[paths]`.
@@ -323,7 +348,33 @@ impl Config {
             tls_cert_file: kubelet.path("tls_cert_file", &mut errs),
             tls_key_file: kubelet.path("tls_key_file", &mut errs),
             client_ca_file: kubelet.path("client_ca_file", &mut errs),
+            anonymous_auth: kubelet.boolean("anonymous_auth", &mut errs).unwrap_or(false),
+            healthz_anonymous: kubelet.boolean("healthz_anonymous", &mut errs).unwrap_or(true),
+            max_connections: kubelet.integer("max_connections", 16, 1_000_000, &mut errs).map_or(4096, |v| v as usize),
+            max_connections_per_client: kubelet
+                .integer("max_connections_per_client", 1, 1_000_000, &mut errs)
+                .map_or(1024, |v| v as usize),
+            max_streams_per_client: kubelet
+                .integer("max_streams_per_client", 1, 1_000_000, &mut errs)
+                .map_or(512, |v| v as usize),
+            tls_handshake_timeout: kubelet
+                .duration("tls_handshake_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(10)),
+            idle_timeout: kubelet.duration("idle_timeout", &mut errs).unwrap_or(std::time::Duration::from_secs(90)),
+            streaming_idle_timeout: kubelet
+                .duration("streaming_idle_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(4 * 3600)),
+            max_header_bytes: kubelet
+                .bytes("max_header_bytes", &mut errs)
+                .map_or(64 << 10, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+            max_body_bytes: kubelet.bytes("max_body_bytes", &mut errs).unwrap_or(1 << 20),
         };
+        if kubelet_cfg.max_header_bytes < 8192 {
+            errs.push(format!(
+                "kubelet.max_header_bytes: {} is below the minimum of 8192 bytes",
+                kubelet_cfg.max_header_bytes
+            ));
+        }
         if kubelet_cfg.tls_cert_file.is_some() != kubelet_cfg.tls_key_file.is_some() {
             errs.push("kubelet.tls_cert_file and kubelet.tls_key_file: set both or neither".to_owned());
         }
@@ -479,6 +530,16 @@ impl Section {
             }
             other => {
                 errs.push(format!("{}: expected an integer, got {}", self.key(key), show(&other)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, errs: &mut Errors) -> Option<bool> {
+        match self.get(key)? {
+            Value::Boolean(b) => Some(b),
+            other => {
+                errs.push(format!("{}: expected true or false, got {}", self.key(key), show(&other)));
                 None
             }
         }
@@ -999,6 +1060,28 @@ mod tests {
             assert!(errs.iter().any(|e| e.contains(w)), "missing {w:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn kubelet_api_limits_are_validated() {
+        let c =
+            parse("[kubelet]\nanonymous_auth = true\nstreaming_idle_timeout = \"30m\"\nmax_header_bytes = \"16Ki\"\n")
+                .unwrap();
+        assert!(c.kubelet.anonymous_auth && c.kubelet.healthz_anonymous);
+        assert_eq!(c.kubelet.streaming_idle_timeout, std::time::Duration::from_secs(1800));
+        assert_eq!(c.kubelet.max_header_bytes, 16 << 10);
+        let errs = errors(
+            "[kubelet]\nanonymous_auth = \"yes\"\nmax_connections = 2\nmax_header_bytes = 100\nidle_timeout = \"soon\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "kubelet.anonymous_auth: expected true or false, got \"yes\"",
+                "kubelet.max_connections: 2 is out of range (16..=1000000)",
+                "kubelet.idle_timeout: \"soon\" is not a duration like \"30s\", \"5m\" or \"1h\"",
+                "kubelet.max_header_bytes: 100 is below the minimum of 8192 bytes",
+            ]
+        );
     }
 
     #[test]
