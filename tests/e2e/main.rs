@@ -7,6 +7,9 @@
 
 mod debs;
 mod images;
+mod kubelet_api;
+mod kubelet_api_auth;
+mod kubelet_api_overload;
 mod node;
 mod package;
 mod pods;
