@@ -32,6 +32,7 @@ ms_pki() {
     "$PKI/metrics-server-client.crt" "$PKI/metrics-server-client.key"
 }
 
+# shellcheck disable=SC2034  # ARGS is read by k3s/cluster (ensure)
 args_metrics-server() {
   ARGS=(--bind-address=127.0.0.1 --secure-port="$MS_PORT"
     --tls-cert-file="$PKI/metrics-server.crt" --tls-private-key-file="$PKI/metrics-server.key"
