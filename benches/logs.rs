@@ -163,7 +163,8 @@ async fn main() {
     let unit = vks::unit::name::unit_name(&ns, "written", "w");
     let t = Instant::now();
     loop {
-        let n: usize = node_exec(&node, &["sh", "-c", &format!("journalctl -u {unit} -o cat | wc -c")]).parse().unwrap_or(0);
+        let n: usize =
+            node_exec(&node, &["sh", "-c", &format!("journalctl -u {unit} -o cat | wc -c")]).parse().unwrap_or(0);
         if n >= bytes {
             break;
         }

@@ -26,6 +26,9 @@ mod router;
 pub mod stats;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
