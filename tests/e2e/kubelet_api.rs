@@ -77,9 +77,9 @@ async fn kubectl_logs_honours_every_option() {
     });
     create_pod(&client, &ns.name, pod("talker", &node, spec)).await;
     wait_phase(&client, &ns.name, "talker", "Running", LONG).await;
-    wait_for("20 lines of output", LONG, async || {
+    wait_for("40 lines of output", LONG, async || {
         let n = logs(&ns.name, &["talker", "-c", "app"]).lines().count();
-        if n >= 20 { Ok(()) } else { Err(format!("{n} lines")) }
+        if n >= 40 { Ok(()) } else { Err(format!("{n} lines")) }
     })
     .await;
 
