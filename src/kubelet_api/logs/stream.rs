@@ -130,9 +130,9 @@ pub(super) async fn run(logs: Arc<Logs>, t: Target, o: LogOptions, tx: Sender) {
     }
     // The shared follower dropped us (we lagged) or stopped: follow on our own from the first
     // entry we did not get (its values exist now, so a filtered journalctl is safe).
-    let start = match (sub.lagged_at(), &wanted.last) {
-        (Some(c), _) => Start::At(c),
-        (None, _) => Start::Beginning,
+    let start = match sub.lagged_at() {
+        Some(c) => Start::At(c),
+        None => Start::Beginning,
     };
     drop(sub);
     let since_us = if matches!(start, Start::Beginning) { Some(wanted.since_us.unwrap_or(began_us)) } else { None };

@@ -214,22 +214,36 @@ impl Stats {
     }
 
     async fn pods(&self, with_dirs: bool, now: SystemTime) -> anyhow::Result<Vec<PodSample>> {
+        // systemd first (D-Bus), then every cgroup file in one blocking task.
         let names = self.systemd.list_unit_files(crate::unit::name::PREFIX).await?;
-        let mut pods: BTreeMap<(String, String, String), Vec<ContainerSample>> = BTreeMap::new();
+        let mut units = Vec::with_capacity(names.len());
         for unit in names {
             let Ok(Some(file)) = self.systemd.read_unit_file(&unit).await else { continue };
             let Some(meta) = UnitMeta::parse(&file) else { continue };
             let Ok(status) = self.systemd.status(&unit).await else { continue };
-            let cgroup = (status.main_pid != 0)
-                .then(|| std::fs::read_to_string(format!("/proc/{}/cgroup", status.main_pid)).ok())
-                .flatten()
-                .and_then(|t| cgroup::process_cgroup(&t))
-                .unwrap_or_else(|| cgroup::unit_cgroup(&cgroup::unit_slice(&file), &unit));
-            let usage = self.cgroups.usage(&cgroup);
-            if usage == Usage::default() {
-                continue; // no processes: nothing to measure
-            }
-            let start = SystemTime::UNIX_EPOCH + Duration::from_micros(status.started_usec);
+            units.push((unit, file, meta, status));
+        }
+        let cgroups = self.cgroups.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            units
+                .into_iter()
+                .filter_map(|(unit, file, meta, status)| {
+                    let cgroup = (status.main_pid != 0)
+                        .then(|| std::fs::read_to_string(format!("/proc/{}/cgroup", status.main_pid)).ok())
+                        .flatten()
+                        .and_then(|t| cgroup::process_cgroup(&t))
+                        .unwrap_or_else(|| cgroup::unit_cgroup(&cgroup::unit_slice(&file), &unit));
+                    let usage = cgroups.usage(&cgroup);
+                    // No processes: nothing to measure.
+                    (usage != Usage::default()).then_some((meta, status.started_usec, usage))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the cgroups panicked: {e}"))?;
+        let mut pods: BTreeMap<(String, String, String), Vec<ContainerSample>> = BTreeMap::new();
+        for (meta, started_usec, usage) in measured {
+            let start = SystemTime::UNIX_EPOCH + Duration::from_micros(started_usec);
             pods.entry((meta.namespace, meta.pod, meta.pod_uid)).or_default().push(ContainerSample {
                 name: meta.container,
                 start,
