@@ -256,7 +256,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // or without a join, the configured files or a self-signed certificate.
     let managed_serving = joining.is_some() && config.kubelet.tls_cert_file.is_none();
     let stored = joining.as_ref().filter(|_| managed_serving).and_then(join::renew::stored_serving);
-    let server = KubeletServer::bind(&config.kubelet, &names, stored.as_ref().map(|(pair, _)| pair)).await?;
+    let kubelet_deps = crate::kubelet_api::Deps {
+        client: client.clone(),
+        pods: Arc::new(crate::kubelet_api::pods::ApiPods::new(client.clone(), id.name.clone())),
+        systemd: systemd.clone(),
+        node: id.name.clone(),
+        state_dir: config.paths.state_dir.clone(),
+        pod_dir: config.paths.pod_dir.clone(),
+    };
+    let server =
+        KubeletServer::bind(&config.kubelet, &names, stored.as_ref().map(|(pair, _)| pair), kubelet_deps).await?;
     let serving_identity = server.identity();
     log::info!("kubelet API listening on https://{}", server.local_addr()?);
 
@@ -287,7 +296,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             kubelet_port: config.kubelet.port,
             node: id.name.clone(),
         };
-        let handler = Arc::new(server.connection_handler());
+        let handler = Arc::new(server.handler(cancel.clone()));
         let hb = beats.register("k3s tunnel", LIMIT_TUNNEL);
         tasks.spawn("k3s tunnel", crate::tunnel::run(t, handler, Default::default(), hb, cancel.clone()));
     }

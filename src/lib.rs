@@ -15,6 +15,7 @@
 //! - [`unit`]: pure pod → unit-file translation (names, escaping, `[X-Kubernetes]`).
 //! - [`kubelet_api`]: the kubelet HTTPS API.
 //! - [`api`]: API server client and reachability tracking; [`events`]: Kubernetes Events.
+//! - [`metrics`]: vks's own Prometheus metrics (served by the kubelet API at `/metrics`).
 //! - [`notify`], [`shutdown`], [`logging`]: sd_notify, signals, journald.
 //!
 //! ARCHITECTURE.md at the repository root has the bird's-eye view and the invariants.
@@ -34,6 +35,7 @@ pub mod images;
 pub mod join;
 pub mod kubelet_api;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod pki;

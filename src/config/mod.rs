@@ -178,7 +178,32 @@ pub struct KubeletConfig {
     /// Key of the serving certificate (PEM).
     pub tls_key_file: Option<PathBuf>,
     /// CA that signs the client certificates of kubelet API callers (the cluster's client CA).
+    /// `None`: `<state_dir>/client-ca.crt` when present (written by the join).
     pub client_ca_file: Option<PathBuf>,
+    /// Requests without credentials are authorized as `system:anonymous` (else 401).
+    pub anonymous_auth: bool,
+    /// `/healthz` answers without credentials.
+    pub healthz_anonymous: bool,
+    /// Open connections, all clients together.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_client: usize,
+    /// Concurrent streams (log follows, exec, attach, port-forward) per client address.
+    pub max_streams_per_client: usize,
+    /// Time allowed for a TLS handshake.
+    #[serde(with = "humantime_serde_compat")]
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Time allowed for a request header after connecting or after the previous response.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: std::time::Duration,
+    /// A stream that moves no byte for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub streaming_idle_timeout: std::time::Duration,
+    /// Largest request header, bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes.
+    #[serde(serialize_with = "bytes_quantity")]
+    pub max_body_bytes: u64,
 }
 
 /// `[paths]`.

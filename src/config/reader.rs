@@ -68,7 +68,33 @@ impl Config {
             tls_cert_file: kubelet.path("tls_cert_file", &mut errs),
             tls_key_file: kubelet.path("tls_key_file", &mut errs),
             client_ca_file: kubelet.path("client_ca_file", &mut errs),
+            anonymous_auth: kubelet.boolean("anonymous_auth", &mut errs).unwrap_or(false),
+            healthz_anonymous: kubelet.boolean("healthz_anonymous", &mut errs).unwrap_or(true),
+            max_connections: kubelet.integer("max_connections", 16, 1_000_000, &mut errs).map_or(4096, |v| v as usize),
+            max_connections_per_client: kubelet
+                .integer("max_connections_per_client", 1, 1_000_000, &mut errs)
+                .map_or(1024, |v| v as usize),
+            max_streams_per_client: kubelet
+                .integer("max_streams_per_client", 1, 1_000_000, &mut errs)
+                .map_or(512, |v| v as usize),
+            tls_handshake_timeout: kubelet
+                .duration("tls_handshake_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(10)),
+            idle_timeout: kubelet.duration("idle_timeout", &mut errs).unwrap_or(std::time::Duration::from_secs(90)),
+            streaming_idle_timeout: kubelet
+                .duration("streaming_idle_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(4 * 3600)),
+            max_header_bytes: kubelet
+                .bytes("max_header_bytes", &mut errs)
+                .map_or(64 << 10, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+            max_body_bytes: kubelet.bytes("max_body_bytes", &mut errs).unwrap_or(1 << 20),
         };
+        if kubelet_cfg.max_header_bytes < 8192 {
+            errs.push(format!(
+                "kubelet.max_header_bytes: {} is below the minimum of 8192 bytes",
+                kubelet_cfg.max_header_bytes
+            ));
+        }
         if kubelet_cfg.tls_cert_file.is_some() != kubelet_cfg.tls_key_file.is_some() {
             errs.push("kubelet.tls_cert_file and kubelet.tls_key_file: set both or neither".to_owned());
         }
@@ -187,6 +213,16 @@ impl Section {
             }
             other => {
                 errs.push(format!("{}: expected an integer, got {}", self.key(key), show(&other)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, errs: &mut Errors) -> Option<bool> {
+        match self.get(key)? {
+            Value::Boolean(b) => Some(b),
+            other => {
+                errs.push(format!("{}: expected true or false, got {}", self.key(key), show(&other)));
                 None
             }
         }

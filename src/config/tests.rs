@@ -115,6 +115,27 @@ fn every_error_is_reported_at_once_naming_key_and_value() {
 }
 
 #[test]
+fn kubelet_api_limits_are_validated() {
+    let c = parse("[kubelet]\nanonymous_auth = true\nstreaming_idle_timeout = \"30m\"\nmax_header_bytes = \"16Ki\"\n")
+        .unwrap();
+    assert!(c.kubelet.anonymous_auth && c.kubelet.healthz_anonymous);
+    assert_eq!(c.kubelet.streaming_idle_timeout, std::time::Duration::from_secs(1800));
+    assert_eq!(c.kubelet.max_header_bytes, 16 << 10);
+    let errs = errors(
+        "[kubelet]\nanonymous_auth = \"yes\"\nmax_connections = 2\nmax_header_bytes = 100\nidle_timeout = \"soon\"\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "kubelet.anonymous_auth: expected true or false, got \"yes\"",
+            "kubelet.max_connections: 2 is out of range (16..=1000000)",
+            "kubelet.idle_timeout: \"soon\" is not a duration like \"30s\", \"5m\" or \"1h\"",
+            "kubelet.max_header_bytes: 100 is below the minimum of 8192 bytes",
+        ]
+    );
+}
+
+#[test]
 fn serving_certificate_needs_its_key() {
     let errs = errors("[kubelet]\ntls_cert_file = \"/a.crt\"\n");
     assert_eq!(errs, vec!["kubelet.tls_cert_file and kubelet.tls_key_file: set both or neither".to_owned()]);

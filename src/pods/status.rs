@@ -39,6 +39,15 @@ impl CState {
         CState::Waiting { reason, message: message.into() }
     }
 
+    /// `waiting`, `running` or `terminated`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CState::Waiting { .. } => "waiting",
+            CState::Running { .. } => "running",
+            CState::Terminated(_) => "terminated",
+        }
+    }
+
     /// One word for logs: the waiting reason, `Running` or `Terminated(<exit code>)`.
     pub fn summary(&self) -> String {
         match self {

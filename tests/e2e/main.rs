@@ -11,10 +11,13 @@
 mod debs;
 mod images;
 mod k3s_join;
+mod kubelet_api;
+mod kubelet_api_auth;
+mod kubelet_api_overload;
 mod node;
 mod package;
 mod pods;
 mod supervision;
-mod upgrade;
 mod support;
 mod unit_roundtrip;
+mod upgrade;

@@ -11,7 +11,8 @@ use crate::support::*;
 #[tokio::test]
 #[ignore = "needs the test cluster and systemd nodes: run tests/run"]
 async fn upgrading_the_package_leaves_pods_and_the_edited_config_alone() {
-    let newer = std::env::var("VKS_DEB_UPGRADE").expect("VKS_DEB_UPGRADE: a newer-versioned vks .deb (tests/run builds it)");
+    let newer =
+        std::env::var("VKS_DEB_UPGRADE").expect("VKS_DEB_UPGRADE: a newer-versioned vks .deb (tests/run builds it)");
     let node = Node::up("upgrade");
     let ns = Namespace::new("upgrade");
     let client = client().await;
@@ -46,7 +47,11 @@ async fn upgrading_the_package_leaves_pods_and_the_edited_config_alone() {
         let restarted = node.unit_prop("vks", "ExecMainStartTimestampMonotonic") != vks_started;
         let active = node.unit_prop("vks", "ActiveState") == "active";
         let (ready, msg) = node.ready(&client).await;
-        if restarted && active && ready == "True" { Ok(()) } else { Err(format!("restarted {restarted}, active {active}, Ready={ready} {msg}")) }
+        if restarted && active && ready == "True" {
+            Ok(())
+        } else {
+            Err(format!("restarted {restarted}, active {active}, Ready={ready} {msg}"))
+        }
     })
     .await;
     // The pods were never touched, and the new vks adopted them.

@@ -107,9 +107,18 @@ impl DebianImages {
         DebianImages { pm, systemd, downloader, settings, state: Mutex::new(State::default()) }
     }
 
+    /// Runs apt-get install (see [`Self::run_install`]), recording its duration and outcome in
+    /// [`crate::metrics`].
+    async fn install(&self, state: &mut State, target: &str, downgrade: bool) -> Result<(), AptError> {
+        let started = Instant::now();
+        let r = self.run_install(state, target, downgrade).await;
+        crate::metrics::metrics().image_installed(started.elapsed(), r.is_ok());
+        r
+    }
+
     /// Runs apt-get install, updating the package lists first when the sources changed and
     /// once more when apt does not know the package or version.
-    async fn install(&self, state: &mut State, target: &str, downgrade: bool) -> Result<(), AptError> {
+    async fn run_install(&self, state: &mut State, target: &str, downgrade: bool) -> Result<(), AptError> {
         if !state.sources_synced {
             let settings = self.settings.clone();
             let changed = tokio::task::spawn_blocking(move || sources::sync(&settings))

@@ -172,6 +172,13 @@ impl Ctr {
     }
 
     /// Applies the values of a `PropertiesChanged` signal.
+    /// A start job was answered: the run began (or ended) `starting` ago.
+    fn started(&mut self) {
+        if let Some(t) = self.starting.take() {
+            crate::metrics::metrics().unit_start_duration.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
     pub(super) fn apply_signal(&mut self, delta: &UnitDelta) {
         match self.unit_status.as_mut() {
             // A signal about an earlier run (queued before a restart or a full read) must not
@@ -183,7 +190,7 @@ impl Ctr {
         // The Service interface says when a run began or ended (the Unit interface's
         // ActiveState may describe an earlier run while a restart is under way).
         if !matches!(self.run(), UnitRun::NotStarted) {
-            self.starting = None;
+            self.started();
         }
     }
 
@@ -195,7 +202,7 @@ impl Ctr {
         if !older {
             self.unit_status = Some(s);
             if !matches!(self.run(), UnitRun::NotStarted) {
-                self.starting = None;
+                self.started();
             }
         }
     }

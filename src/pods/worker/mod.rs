@@ -193,6 +193,8 @@ pub struct Worker {
     /// A new pod's first status waits this long for its containers to start, so that a pod that
     /// starts at once costs one status write instead of two.
     first_publish_hold: Option<Instant>,
+    /// The phase and container states last reported (for vks's own metrics).
+    reported: (Option<String>, Vec<&'static str>),
     /// Why the pod was rejected at admission (reason, message): it never runs here.
     rejected: Option<(&'static str, String)>,
     /// A run is known from the Service interface's signal but not yet its InvocationID (the
@@ -271,6 +273,7 @@ impl Worker {
             status_retry: None,
             first_publish_hold,
             rejected,
+            reported: (None, Vec::new()),
             id_wait: None,
             tx: tx.clone(),
             rx,
@@ -305,6 +308,7 @@ impl Worker {
                 self.apply(m);
             }
         }
+        self.report_metrics(None, Vec::new());
         log::info!(pod = key.as_str(); "pod {key} removed from the node");
     }
 

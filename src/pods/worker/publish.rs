@@ -171,6 +171,9 @@ impl Worker {
         match self.shared.api.patch_status(&self.id, &body).await {
             Ok(new) => {
                 self.shared.health.ok();
+                crate::metrics::metrics().status_patch_duration.observe(sent.elapsed().as_secs_f64());
+                let states = views.iter().map(|v| v.state.kind()).collect();
+                self.report_metrics(status.phase.clone(), states);
                 log::debug!(
                     pod = self.id.to_string().as_str();
                     "status of pod {} patched in {}ms: {} {:?}",
@@ -199,6 +202,19 @@ impl Worker {
 }
 
 impl Worker {
+    /// Moves this pod's contribution to vks's pod and unit gauges to what was just reported.
+    pub(super) fn report_metrics(&mut self, phase: Option<String>, states: Vec<&'static str>) {
+        let m = crate::metrics::metrics();
+        m.pod_phase(self.reported.0.as_deref(), phase.as_deref());
+        for (i, old) in self.reported.1.iter().enumerate() {
+            m.unit_state(Some(old), states.get(i).copied());
+        }
+        for new in states.iter().skip(self.reported.1.len()) {
+            m.unit_state(None, Some(new));
+        }
+        self.reported = (phase, states);
+    }
+
     /// The status of a pod rejected at admission: Failed, with the kubelet's reason; no
     /// container ever ran.
     pub(super) async fn publish_rejected(&mut self, reason: &'static str, message: String) -> Flow {
