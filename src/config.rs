@@ -175,6 +175,10 @@ pub struct KubeletConfig {
     pub tls_key_file: Option<PathBuf>,
     /// CA that signs the client certificates of kubelet API callers (the cluster's client CA).
     pub client_ca_file: Option<PathBuf>,
+    /// Declare `ExtendWebSocketsToKubelet` in the Node's `status.declaredFeatures`, so that API
+    /// servers (1.36+) pass exec, attach and port-forward WebSockets straight to vks instead of
+    /// translating them to SPDY.
+    pub websocket_streaming: bool,
 }
 
 /// `[paths]`.
@@ -323,6 +327,7 @@ impl Config {
             tls_cert_file: kubelet.path("tls_cert_file", &mut errs),
             tls_key_file: kubelet.path("tls_key_file", &mut errs),
             client_ca_file: kubelet.path("client_ca_file", &mut errs),
+            websocket_streaming: kubelet.boolean("websocket_streaming", &mut errs).unwrap_or(true),
         };
         if kubelet_cfg.tls_cert_file.is_some() != kubelet_cfg.tls_key_file.is_some() {
             errs.push("kubelet.tls_cert_file and kubelet.tls_key_file: set both or neither".to_owned());
@@ -465,6 +470,16 @@ impl Section {
             Value::String(s) => Some(s),
             other => {
                 errs.push(format!("{}: expected a string, got {}", self.key(key), show(&other)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, errs: &mut Errors) -> Option<bool> {
+        match self.get(key)? {
+            Value::Boolean(b) => Some(b),
+            other => {
+                errs.push(format!("{}: expected true or false, got {}", self.key(key), show(&other)));
                 None
             }
         }
@@ -904,6 +919,7 @@ mod tests {
         assert_eq!(c.cluster.kubeconfig, PathBuf::from("/etc/vks/kubeconfig"));
         assert_eq!(c.kubelet.port, 10250);
         assert_eq!(c.kubelet.address.to_string(), "0.0.0.0");
+        assert!(c.kubelet.websocket_streaming);
         assert_eq!(c.paths.state_dir, PathBuf::from("/var/lib/vks"));
         assert_eq!(c.paths.pod_dir, PathBuf::from("/var/lib/vks/pods"));
         assert_eq!(c.log.level, LogLevel::Info);
@@ -930,6 +946,7 @@ mod tests {
             tls_cert_file = "/a.crt"
             tls_key_file = "/a.key"
             client_ca_file = "/ca.crt"
+            websocket_streaming = false
             [paths]
             state_dir = "/srv/vks"
             [log]
@@ -954,6 +971,7 @@ mod tests {
         assert_eq!(c.eviction.nodefs_inodes_free, Threshold::Quantity(1000));
         assert_eq!(c.eviction.pid_available, Threshold::Percent(2.5));
         assert_eq!(c.log.level, LogLevel::Debug);
+        assert!(!c.kubelet.websocket_streaming);
     }
 
     #[test]
@@ -971,6 +989,7 @@ mod tests {
             [kubelet]
             port = 70000
             tls_cert_file = "relative.crt"
+            websocket_streaming = "yes"
             [log]
             level = "loud"
             [eviction]
@@ -991,6 +1010,7 @@ mod tests {
             "node.flavour: unknown key (value 1)",
             "kubelet.port: 70000 is out of range (1..=65535)",
             "kubelet.tls_cert_file: \"relative.crt\" is not an absolute path",
+            "kubelet.websocket_streaming: expected true or false, got \"yes\"",
             "log.level: \"loud\" is not a log level",
             "eviction.memory_available: \"lots\"",
             "eviction.nodefs_available: \"150%\"",

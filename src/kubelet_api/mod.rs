@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KubeletConfig;
 
+pub mod stream;
+
 /// A bound, not yet serving, kubelet API.
 pub struct KubeletServer {
     listener: TcpListener,

@@ -1,0 +1,3 @@
+//! Streaming endpoints of the kubelet API: exec, attach and port-forward.
+
+pub mod spdy;
