@@ -3,14 +3,15 @@
 //! Serves TLS with the configured serving certificate, or a self-signed one generated at
 //! start-up (as the kubelet does without `--tls-cert-file`). When `kubelet.client_ca_file` is
 //! set, client certificates are verified against it (the API server presents one signed by the
-//! cluster's client CA). So far only `/healthz` is served; every other path answers 404.
+//! cluster's client CA). Served: `/healthz` and the streaming endpoints (`/exec/`, `/attach/`,
+//! `/portForward/`, see [`stream`]); every other path answers 404.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -31,6 +32,7 @@ pub struct KubeletServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     identity: Arc<ServingIdentity>,
+    streams: stream::StreamContext,
 }
 
 /// The serving certificate, replaceable while serving (renewal, a newly issued certificate):
@@ -130,7 +132,9 @@ impl KubeletServer {
         let tls = tls_config(cfg, identity.clone())?;
         let addr = SocketAddr::new(cfg.address, cfg.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the kubelet API to {addr}"))?;
-        Ok(KubeletServer { listener, acceptor: TlsAcceptor::from(Arc::new(tls)), identity })
+        let streams =
+            stream::StreamContext::new(Arc::new(stream::host::HostContainers::default()), stream::Limits::default());
+        Ok(KubeletServer { listener, acceptor: TlsAcceptor::from(Arc::new(tls)), identity, streams })
     }
 
     /// The serving certificate, to replace it while serving.
@@ -159,6 +163,7 @@ impl KubeletServer {
             };
             let acceptor = self.acceptor.clone();
             let cancel = cancel.clone();
+            let streams = self.streams.clone();
             tokio::spawn(async move {
                 let tls = match acceptor.accept(tcp).await {
                     Ok(t) => t,
@@ -167,8 +172,13 @@ impl KubeletServer {
                         return;
                     }
                 };
+                let service = hyper::service::service_fn(move |req| {
+                    let streams = streams.clone();
+                    async move { handle(req, &streams).await }
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle));
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades();
                 tokio::select! {
                     () = cancel.cancelled() => {}
                     r = conn => if let Err(e) = r { log::debug!("kubelet API connection from {peer}: {e}") },
@@ -178,12 +188,18 @@ impl KubeletServer {
     }
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    streams: &stream::StreamContext,
+) -> Result<Response<stream::Body>, std::convert::Infallible> {
+    if stream::is_stream_path(req.uri().path()) {
+        return Ok(stream::serve(req, streams).await);
+    }
     let (status, body) = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => (StatusCode::OK, "ok"),
         _ => (StatusCode::NOT_FOUND, "404 page not found\n"),
     };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed());
     *resp.status_mut() = status;
     Ok(resp)
 }

@@ -11,7 +11,7 @@ pub mod headers;
 pub mod session;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use frame::Frame;
 pub use headers::Headers;

@@ -194,3 +194,17 @@ async fn a_recorded_go_client_gets_the_go_servers_answers_from_vks() {
     assert_eq!(status(&vks), status(&go), "status details");
     assert!(matches!(vks.last(), Some(Frame::GoAway { .. })), "{vks:#?}");
 }
+
+#[test]
+#[ignore = "prints the recordings"]
+fn print_recordings() {
+    for name in ["exec-v4-pipes-exit3", "exec-v4-tty", "portforward"] {
+        for dir in ["c2s", "s2c"] {
+            let (_, b) = recording(&format!("{name}.{dir}"));
+            eprintln!("== {name}.{dir}");
+            for f in frames(&b) {
+                eprintln!("{f:?}");
+            }
+        }
+    }
+}
