@@ -109,6 +109,9 @@ pub struct UnitSpec {
     pub working_dir: Option<String>,
     /// Seconds systemd waits after SIGTERM before SIGKILL when it stops the unit itself.
     pub stop_timeout_secs: i64,
+    /// The container reads stdin (`stdin: true`): its unit reads a FIFO that `kubectl attach`
+    /// writes to (see [`stdin_settings`]).
+    pub stdin: bool,
 }
 
 /// Kubernetes `$(VAR)` expansion (k8s.io/kubernetes third_party/forked/golang/expansion):
@@ -373,9 +376,32 @@ pub fn plan(
         env,
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
+        stdin: c.stdin.unwrap_or(false),
     };
     render(&unit)?;
     Ok(unit)
+}
+
+/// Where the unit of a container with `stdin: true` reads its input: a FIFO that
+/// `kubectl attach -i` writes to (`kubelet_api::stream::attach`).
+pub fn stdin_fifo(unit: &str) -> String {
+    format!("/run/vks/stdin/{unit}")
+}
+
+/// The standard input of a container's unit. Without `stdin: true`, `/dev/null`. With it, the
+/// FIFO [`stdin_fifo`], made before each start by an `ExecStartPre=+` that also leaves a holder
+/// process (`sleep infinity`, in the unit's cgroup, ended with it) keeping the FIFO open: the
+/// container never reads EOF between attach sessions, and vks restarting changes nothing.
+/// (A container with `tty: true` gets no terminal yet.)
+fn stdin_settings(unit: &str, stdin: bool) -> Result<String, Unrepresentable> {
+    if !stdin {
+        return Ok("StandardInput=null\n".to_owned());
+    }
+    let fifo = stdin_fifo(unit);
+    let script =
+        format!("mkdir -p /run/vks/stdin && rm -f {fifo} && mkfifo -m 0600 {fifo} && {{ sleep infinity <>{fifo} & }}");
+    let pre = [escape::exec_word("+/bin/sh")?, escape::exec_word("-c")?, escape::exec_word(&script)?].join(" ");
+    Ok(format!("ExecStartPre={pre}\nStandardInput=file:{}\n", escape::path(&fifo)?))
 }
 
 /// Renders the unit file.
@@ -421,6 +447,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         let line = escape::environment(k, v).map_err(|e| bad(format!("env {k:?}"), e))?;
         s.push_str(&format!("Environment={line}\n"));
     }
+    let stdin = stdin_settings(&u.name, u.stdin).map_err(|e| bad("the stdin FIFO".into(), e))?;
     s.push_str(&format!(
         "RemainAfterExit=yes\n\
          Restart=no\n\
@@ -428,7 +455,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
          KillSignal=SIGTERM\n\
          SendSIGKILL=yes\n\
          TimeoutStopSec={stop}s\n\
-         StandardInput=null\n\
+         {stdin}\
          StandardOutput=journal\n\
          StandardError=journal\n\
          SyslogIdentifier={c}\n\
@@ -581,6 +608,28 @@ mod tests {
         );
         let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
         assert!(e.message.starts_with("container c: env \"my.var\" is not a valid environment variable name"), "{e}");
+    }
+
+    #[test]
+    fn a_container_with_stdin_reads_a_fifo_kept_open_by_a_holder() {
+        let mut p = pod();
+        let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"], "stdin": true}));
+        p.spec.as_mut().unwrap().containers = vec![c.clone()];
+        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap();
+        let file = render(&u).unwrap();
+        let fifo = "/run/vks/stdin/vks.ns.p.c.service";
+        assert!(
+            file.contains(&format!(
+                "ExecStartPre=\"+/bin/sh\" \"-c\" \"mkdir -p /run/vks/stdin && rm -f {fifo} && mkfifo -m 0600 {fifo} && {{ sleep infinity <>{fifo} & }}\"\n\
+                 StandardInput=file:{fifo}\n"
+            )),
+            "{file}"
+        );
+        assert!(!file.contains("StandardInput=null"));
+        let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"]}));
+        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap();
+        let file = render(&u).unwrap();
+        assert!(file.contains("StandardInput=null\n") && !file.contains("ExecStartPre"), "{file}");
     }
 
     #[test]

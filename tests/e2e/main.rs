@@ -6,6 +6,7 @@
 //! parallel; tests that disturb the whole cluster live in `tests/e2e_exclusive/`.
 
 mod debs;
+mod exec;
 mod images;
 mod node;
 mod package;

@@ -17,10 +17,7 @@ use async_trait::async_trait;
 use super::backend::{ContainerUnit, Control, ExitStatus, Process, Stdio};
 use crate::systemd::{ActiveState, Systemd};
 
-/// Where the unit of a container with `stdin: true` reads its input from.
-pub fn stdin_fifo(unit: &str) -> String {
-    format!("/run/vks/stdin/{unit}")
-}
+use crate::unit::stdin_fifo;
 
 struct AttachControl {
     systemd: Arc<dyn Systemd>,

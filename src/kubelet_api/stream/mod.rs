@@ -283,6 +283,8 @@ pub async fn serve<B: Send + 'static>(mut req: Request<B>, ctx: &StreamContext) 
                     Ok(u) => TokioIo::new(u),
                     Err(e) => return log::debug!("port-forward to {}: upgrade failed: {e}", pf.name),
                 };
+                let how = if ws { "tunnelled in WebSocket" } else { "over SPDY" };
+                log::info!("port-forward to pod {} {how}", pf.name);
                 let session = if ws {
                     spdy::Session::start(websocket::Tunnel::new(websocket::server(io).await), session_limits)
                 } else {
@@ -336,6 +338,7 @@ pub async fn serve<B: Send + 'static>(mut req: Request<B>, ctx: &StreamContext) 
             Err(e) => return log::debug!("{what}: upgrade failed: {e}"),
         };
         let v = version(proto);
+        log::info!("{what}: {command:?} over {} ({proto})", if ws { "WebSocket" } else { "SPDY" });
         let channels = if ws {
             websocket::channels(websocket::server(io).await, options, v)
         } else {
@@ -394,7 +397,6 @@ async fn run(
             {
                 log::debug!("{what}: setting the terminal size: {e}");
             }
-            log::debug!("{what}: started {command:?}");
             drive::drive(process, channels, kind).await;
         }
         Err(e) => {
