@@ -109,8 +109,8 @@ pub struct UnitSpec {
     pub working_dir: Option<String>,
     /// Seconds systemd waits after SIGTERM before SIGKILL when it stops the unit itself.
     pub stop_timeout_secs: i64,
-    /// The container reads stdin (`stdin: true`): its unit reads a FIFO that `kubectl attach`
-    /// writes to (see [`stdin_settings`]).
+    /// The container reads stdin (`stdin: true`): it reads a FIFO that `kubectl attach` writes
+    /// to (see [`stdin_fifo`]).
     pub stdin: bool,
 }
 
@@ -382,33 +382,41 @@ pub fn plan(
     Ok(unit)
 }
 
-/// Where the unit of a container with `stdin: true` reads its input: a FIFO that
-/// `kubectl attach -i` writes to (`kubelet_api::stream::attach`).
-pub fn stdin_fifo(unit: &str) -> String {
-    format!("/run/vks/stdin/{unit}")
+/// The runtime directory (under `/run`) of a container with `stdin: true`, holding its stdin FIFO.
+pub fn stdin_dir(unit: &str) -> String {
+    format!("vks-stdin/{unit}")
 }
 
-/// The standard input of a container's unit. Without `stdin: true`, `/dev/null`. With it, the
-/// FIFO [`stdin_fifo`], made before each start by an `ExecStartPre=+` that also leaves a holder
-/// process (`sleep infinity`, in the unit's cgroup, ended with it) keeping the FIFO open: the
-/// container never reads EOF between attach sessions, and vks restarting changes nothing.
-/// (A container with `tty: true` gets no terminal yet.)
-fn stdin_settings(unit: &str, stdin: bool) -> Result<String, Unrepresentable> {
-    if !stdin {
-        return Ok("StandardInput=null\n".to_owned());
+/// Where a container with `stdin: true` reads its input: a FIFO that `kubectl attach -i` writes
+/// to (`kubelet_api::stream::attach`).
+pub fn stdin_fifo(unit: &str) -> String {
+    format!("/run/{}/stdin", stdin_dir(unit))
+}
+
+/// The `ExecStart=` value. A container with `stdin: true` starts through `/bin/sh`, which makes
+/// the FIFO [`stdin_fifo`] in the unit's runtime directory (owned by the container's user),
+/// opens it read-write as its stdin — so the container never reads end of input between attach
+/// sessions, whoever attaches and whether vks runs — and `exec`s the container's program (same
+/// PID; its `argv[0]` is then the program's path). systemd's own stdin would not do: it applies
+/// to `ExecStartPre=` too, and a FIFO nobody holds blocks the open. (A container with
+/// `tty: true` gets no terminal yet.)
+fn exec_start(u: &UnitSpec) -> Result<String, Unrepresentable> {
+    if !u.stdin {
+        return escape::exec_line(&u.executable, &u.argv);
     }
-    let fifo = stdin_fifo(unit);
-    let script =
-        format!("mkdir -p /run/vks/stdin && rm -f {fifo} && mkfifo -m 0600 {fifo} && {{ sleep infinity <>{fifo} & }}");
-    let pre = [escape::exec_word("+/bin/sh")?, escape::exec_word("-c")?, escape::exec_word(&script)?].join(" ");
-    Ok(format!("ExecStartPre={pre}\nStandardInput=file:{}\n", escape::path(&fifo)?))
+    let script = r#"rm -f "$0" && mkfifo -m 0600 "$0" && exec 0<>"$0" && exec "$@""#;
+    let mut argv = vec![Arg::Lit("sh".into()), Arg::Lit("-c".into()), Arg::Lit(script.into())];
+    argv.push(Arg::Lit(stdin_fifo(&u.name)));
+    argv.push(Arg::Lit(u.executable.clone()));
+    argv.extend(u.argv.iter().skip(1).cloned());
+    escape::exec_line("/bin/sh", &argv)
 }
 
 /// Renders the unit file.
 pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     let c = &u.meta.container;
     let bad = |what: String, e: Unrepresentable| SpecError::create(format!("container {c}: {what} {e}"));
-    let exec = escape::exec_line(&u.executable, &u.argv).map_err(|e| bad("the command line".into(), e))?;
+    let exec = exec_start(u).map_err(|e| bad("the command line".into(), e))?;
     // A package's unit may say how its daemon starts; oneshot (and simple) become exec, which
     // reports a program that cannot be executed as a failed start.
     let service_type = u
@@ -447,7 +455,9 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         let line = escape::environment(k, v).map_err(|e| bad(format!("env {k:?}"), e))?;
         s.push_str(&format!("Environment={line}\n"));
     }
-    let stdin = stdin_settings(&u.name, u.stdin).map_err(|e| bad("the stdin FIFO".into(), e))?;
+    if u.stdin {
+        s.push_str(&format!("RuntimeDirectory={}\n", stdin_dir(&u.name)));
+    }
     s.push_str(&format!(
         "RemainAfterExit=yes\n\
          Restart=no\n\
@@ -455,7 +465,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
          KillSignal=SIGTERM\n\
          SendSIGKILL=yes\n\
          TimeoutStopSec={stop}s\n\
-         {stdin}\
+         StandardInput=null\n\
          StandardOutput=journal\n\
          StandardError=journal\n\
          SyslogIdentifier={c}\n\
@@ -611,25 +621,26 @@ mod tests {
     }
 
     #[test]
-    fn a_container_with_stdin_reads_a_fifo_kept_open_by_a_holder() {
+    fn a_container_with_stdin_reads_a_fifo_it_holds_open_itself() {
         let mut p = pod();
-        let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"], "stdin": true}));
+        let c = container(serde_json::json!({"name": "c", "command": ["cat", "-u"], "stdin": true}));
         p.spec.as_mut().unwrap().containers = vec![c.clone()];
-        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap();
+        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |e| e == "/usr/bin/cat").unwrap();
         let file = render(&u).unwrap();
-        let fifo = "/run/vks/stdin/vks.ns.p.c.service";
         assert!(
-            file.contains(&format!(
-                "ExecStartPre=\"+/bin/sh\" \"-c\" \"mkdir -p /run/vks/stdin && rm -f {fifo} && mkfifo -m 0600 {fifo} && {{ sleep infinity <>{fifo} & }}\"\n\
-                 StandardInput=file:{fifo}\n"
-            )),
+            file.contains(
+                "ExecStart=\"@/bin/sh\" \"sh\" \"-c\" \"rm -f \\\"$$0\\\" && mkfifo -m 0600 \\\"$$0\\\" && \
+                 exec 0<>\\\"$$0\\\" && exec \\\"$$@\\\"\" \"/run/vks-stdin/vks.ns.p.c.service/stdin\" \
+                 \"/usr/bin/cat\" \"-u\"\n"
+            ),
             "{file}"
         );
-        assert!(!file.contains("StandardInput=null"));
+        assert!(file.contains("RuntimeDirectory=vks-stdin/vks.ns.p.c.service\n"), "{file}");
+        assert_eq!(stdin_fifo(&u.name), "/run/vks-stdin/vks.ns.p.c.service/stdin");
         let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"]}));
         let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap();
         let file = render(&u).unwrap();
-        assert!(file.contains("StandardInput=null\n") && !file.contains("ExecStartPre"), "{file}");
+        assert!(file.contains("ExecStart=\"@/bin/cat\" \"/bin/cat\"\n") && !file.contains("vks-stdin"), "{file}");
     }
 
     #[test]

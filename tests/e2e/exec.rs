@@ -257,7 +257,7 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
     drop(sleeper);
     wait_for("the exec unit to go away with its client", LONG, async || {
         let units = node.sh("systemctl list-units --all --no-legend 'vks-exec-*' || true");
-        let procs = node.sh("pgrep -f 'sleep 1234' || true");
+        let procs = node.sh("pgrep -f 'sleep 123[4]' || true");
         if units.trim().is_empty() && procs.trim().is_empty() { Ok(()) } else { Err(format!("{units}{procs}")) }
     })
     .await;
@@ -299,6 +299,10 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
         let _ = s.read(&mut [0u8; 16]);
     });
     pf.wait_err("no process of the pod listens on TCP port 10250", LONG);
+    let pf_how = if transport == "WebSocket" { "tunnelled in WebSocket" } else { "over SPDY" };
+    let journal = node.vks_journal();
+    assert!(journal.contains(&format!("port-forward to pod {ns}/{p} {pf_how}")), "{journal}");
+    assert!(journal.contains(&format!("attach in {ns}/{p}/echo: [] over {transport}")), "{journal}");
 }
 
 fn port_for(offset: u16) -> u16 {
