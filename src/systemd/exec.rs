@@ -353,14 +353,24 @@ impl ExecHandle {
 
     async fn release(&mut self) {
         self.done = true;
-        let _ = self.manager.stop_unit(self.name.clone(), "replace".into()).await;
-        // The stop job ends the unit's processes; wait for it so that output pipes are closed.
-        for _ in 0..100 {
-            match self.service_state().await {
-                Ok(s) if !matches!(s.active_state.as_str(), "deactivating" | "active" | "activating") => break,
-                Err(_) => break,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        // The stop job ends the unit's processes (so output pipes close); wait for it, by its
+        // JobRemoved signal (subscribed before the job exists). TimeoutStopUSec bounds it.
+        let removed = self.manager.receive_job_removed().await;
+        match (self.manager.stop_unit(self.name.clone(), "replace".into()).await, removed) {
+            (Ok(job), Ok(mut removed)) => {
+                let done = async {
+                    while let Some(sig) = removed.next().await {
+                        if sig.args().is_ok_and(|a| a.job.as_str() == job.as_str()) {
+                            return;
+                        }
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(30), done).await.is_err() {
+                    log::warn!("exec unit {} did not stop within 30 s", self.name);
+                }
             }
+            (Err(e), _) => log::debug!("stopping exec unit {}: {e}", self.name),
+            (Ok(_), Err(e)) => log::debug!("watching exec unit {} stop: {e}", self.name),
         }
         let _ = self.manager.reset_failed_unit(self.name.clone()).await;
         let _ = std::fs::remove_dir_all(&self.dropin_dir);
