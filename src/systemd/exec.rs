@@ -64,6 +64,22 @@ pub struct ExecSpec {
     pub dropin: String,
 }
 
+/// Why a command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// systemd could not set up or execute the program.
+    #[error("exec unit {unit}: {why}")]
+    Start {
+        /// The exec unit.
+        unit: String,
+        /// What systemd reported.
+        why: String,
+    },
+    /// Talking to systemd or writing the drop-in failed.
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+}
+
 /// Starts and watches exec units.
 pub struct ExecUnits {
     conn: Connection,
@@ -149,7 +165,7 @@ impl ExecUnits {
     }
 
     /// Starts a command; returns once it runs (its program was executed), or why it could not.
-    pub async fn start(&self, spec: ExecSpec) -> Result<ExecHandle, SystemdError> {
+    pub async fn start(&self, spec: ExecSpec) -> Result<ExecHandle, ExecError> {
         let name = spec.name.clone();
         let dir = self.dropin_dir(&name);
         let io = |action, source| SystemdError::Io { action, path: dir.display().to_string(), source };
@@ -173,17 +189,20 @@ impl ExecUnits {
             Err(e) => {
                 let mut handle = handle;
                 let why = match handle.service_state().await {
+                    // Type=exec calls the start failed when the program already exited before
+                    // systemd saw it start; it ran, and its exit status is the command's. (Only
+                    // statuses 200-243 are systemd's own: failures to set the process up.)
+                    Ok(s) if s.exit_kind != ExitKind::None && !(200..=243).contains(&s.exit_status) => {
+                        return Ok(handle);
+                    }
                     Ok(s) if s.exit_status >= 200 => {
                         format!("{} (systemd exit status {})", exec_failure(s.exit_status), s.exit_status)
                     }
-                    Ok(s) => format!("systemd reports {} ({e})", s.result),
+                    Ok(s) => format!("systemd reports {}: {e}", s.result),
                     Err(_) => e.to_string(),
                 };
                 handle.release().await;
-                Err(SystemdError::Bus {
-                    call: format!("StartTransientUnit({name}): {why}"),
-                    source: zbus::Error::Failure(why),
-                })
+                Err(ExecError::Start { unit: name, why })
             }
         }
     }

@@ -218,6 +218,12 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
         node.vks_journal()
     );
 
+    // A program that does not exist is a clear error, not an exit code of the shell.
+    let missing = kubectl_output(&["-n", ns, "exec", p, "-c", "main", "--", "no-such-program"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("executable \"no-such-program\" not found in PATH"), "{err}");
+
     // The command runs as the container does: user, working directory, environment.
     let seen = kubectl(&["-n", ns, "exec", p, "-c", "main", "--", "sh", "-c", "id; pwd; echo \"$GREETING|$POD_NAME\""]);
     let own = format!(
