@@ -340,7 +340,7 @@ pub async fn serve<B: Send + 'static>(mut req: Request<B>, ctx: &StreamContext) 
         let v = version(proto);
         log::info!("{what}: {command:?} over {} ({proto})", if ws { "WebSocket" } else { "SPDY" });
         let channels = if ws {
-            websocket::channels(websocket::server(io).await, options, v)
+            websocket::channels(websocket::server(io).await, options, v, limits.idle_timeout)
         } else {
             let session_limits = spdy::Limits { idle_timeout: limits.idle_timeout, ..spdy::Limits::default() };
             match spdy_io::channels(spdy::Session::start(io, session_limits), options, v, limits.creation_timeout).await

@@ -421,3 +421,28 @@ async fn a_port_nobody_listens_on_is_reported_on_the_error_stream() {
         }
     }
 }
+
+#[tokio::test]
+async fn idle_sessions_are_closed() {
+    let limits = Limits { idle_timeout: Duration::from_millis(300), ..Limits::default() };
+    let ctx = StreamContext::new(Arc::new(Fake { code: 0 }), limits);
+    // WebSocket: a command waiting for input that never comes.
+    let mut req = "ws://localhost/exec/ns/pod/c?command=cat&input=1&output=1".into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, connect(ctx.clone())).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(_) = m {
+                return;
+            }
+        }
+    });
+    end.await.expect("the idle WebSocket session is closed");
+    // SPDY: a port-forward connection on which nothing happens.
+    let mut c = connect(ctx);
+    c.write_all(spdy_request("/portForward/ns/pod", "portforward.k8s.io").as_bytes()).await.unwrap();
+    let raw = read_all(c).await;
+    let (head, spdy) = split_head(&raw);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(matches!(frames(&spdy).last(), Some(Frame::GoAway { .. })), "GOAWAY before closing");
+}

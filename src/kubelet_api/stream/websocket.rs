@@ -11,7 +11,10 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -58,26 +61,33 @@ fn binary(channel: u8, data: &[u8]) -> Message {
     Message::Binary(b.freeze())
 }
 
-/// Starts serving an exec or attach session on `ws`.
-pub fn channels<S>(ws: WebSocketStream<S>, options: Options, version: Version) -> Channels
+/// Starts serving an exec or attach session on `ws`; it is closed after `idle_timeout` without
+/// data in either direction.
+pub fn channels<S>(ws: WebSocketStream<S>, options: Options, version: Version, idle_timeout: Duration) -> Channels
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
     let gone = CancellationToken::new();
+    let activity = Arc::new(Activity::new());
+    tokio::spawn(idle_watch(activity.clone(), idle_timeout, gone.clone()));
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
     let (resize_tx, resize_rx) = mpsc::channel(8);
     let wants_resize = options.tty;
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
 
     let reader_gone = gone.clone();
+    let reader_activity = activity.clone();
     tokio::spawn(async move {
         let mut stdin_tx = options.stdin.then_some(stdin_tx);
         let resize_tx = wants_resize.then_some(resize_tx);
         let mut parser = ResizeParser::default();
         while let Some(msg) = stream.next().await {
             let data = match msg {
-                Ok(Message::Binary(d)) => d,
+                Ok(Message::Binary(d)) => {
+                    reader_activity.touch();
+                    d
+                }
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => continue, // pings are answered by tungstenite; text is not a channel message
             };
@@ -118,7 +128,18 @@ where
             writer_gone.cancel();
             return;
         }
-        while let Some(o) = out_rx.recv().await {
+        loop {
+            let o = tokio::select! {
+                biased;
+                o = out_rx.recv() => o,
+                () = writer_gone.cancelled() => {
+                    // The client left or the session idled out: say goodbye if it still listens.
+                    let _ = sink.close().await;
+                    return;
+                }
+            };
+            let Some(o) = o else { break };
+            activity.touch();
             let msg = match o {
                 Out::Stdout(b) if options.stdout => binary(STDOUT, &b),
                 Out::Stderr(b) if options.stderr => binary(STDERR, &b),
@@ -149,6 +170,42 @@ where
         resize: wants_resize.then_some(resize_rx),
         out: out_tx,
         gone,
+    }
+}
+
+/// When data last went either way.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Ends the session (`gone`) after `timeout` without data.
+async fn idle_watch(activity: Arc<Activity>, timeout: Duration, gone: CancellationToken) {
+    loop {
+        let left = timeout.saturating_sub(activity.idle());
+        if left.is_zero() {
+            log::info!("stream session idle for {timeout:?}: closing it");
+            gone.cancel();
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(left) => {}
+            () = gone.cancelled() => return,
+        }
     }
 }
 

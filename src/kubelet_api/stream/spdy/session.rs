@@ -279,22 +279,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut streams: HashMap<u32, Open> = HashMap::new();
     let mut last_id = 0u32;
     let mut going_away = false;
-    let result: Result<(), SpdyError> = async {
+    // Ok(true): the connection ended (EOF, or closed from this side); Ok(false): idle, GOAWAY
+    // queued.
+    let result: Result<bool, SpdyError> = async {
         loop {
             let idle_ms = limits.idle_timeout.as_millis() as u64;
             let deadline = shared.start + Duration::from_millis(shared.last_activity.load(Ordering::Relaxed) + idle_ms);
             let frame = tokio::select! {
-                () = shared.closed.cancelled() => return Ok(()),
+                () = shared.closed.cancelled() => return Ok(true),
                 () = tokio::time::sleep_until(deadline.into()) => {
                     if shared.start.elapsed().as_millis() as u64 >= shared.last_activity.load(Ordering::Relaxed) + idle_ms {
                         log::info!("SPDY connection idle for {:?}: closing it", limits.idle_timeout);
                         let _ = shared.out.send(Out::Close(goaway::OK)).await;
-                        return Ok(());
+                        return Ok(false);
                     }
                     continue;
                 }
                 f = frames.next() => match f {
-                    None => return Ok(()),
+                    None => return Ok(true),
                     Some(f) => f?,
                 },
             };
@@ -365,11 +367,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
     }
     .await;
-    if let Err(e) = result {
-        log::debug!("SPDY read: {e}");
-        let status = if matches!(e, SpdyError::Io(_)) { goaway::INTERNAL_ERROR } else { goaway::PROTOCOL_ERROR };
-        let _ = shared.out.try_send(Out::Close(status));
-    }
     drop(streams);
-    shared.closed.cancel();
+    match result {
+        Ok(true) => shared.closed.cancel(),
+        // The writer sends the GOAWAY, then ends the connection.
+        Ok(false) => {}
+        Err(e) => {
+            log::debug!("SPDY read: {e}");
+            let status = if matches!(e, SpdyError::Io(_)) { goaway::INTERNAL_ERROR } else { goaway::PROTOCOL_ERROR };
+            if shared.out.try_send(Out::Close(status)).is_err() {
+                shared.closed.cancel();
+            }
+        }
+    }
 }

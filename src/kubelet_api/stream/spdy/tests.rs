@@ -208,3 +208,43 @@ fn print_recordings() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_peer_breaking_the_protocol_gets_goaway_and_is_disconnected() {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (mut r, mut w) = tokio::io::split(client);
+    let mut session = Session::start(server, Limits::default());
+    // A control frame of SPDY version 2.
+    w.write_all(&[0x80, 2, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1]).await.unwrap();
+    assert!(session.next_stream().await.is_none(), "no streams from a broken connection");
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    assert_eq!(frames(&out), [Frame::GoAway { last_good: 0, status: super::frame::goaway::PROTOCOL_ERROR }]);
+}
+
+#[tokio::test]
+async fn pings_from_the_client_are_echoed_and_duplicate_stream_ids_refused() {
+    use tokio_util::codec::Encoder;
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (mut r, mut w) = tokio::io::split(client);
+    let mut session = Session::start(server, Limits::default());
+    let mut enc = Codec::default();
+    let mut buf = BytesMut::new();
+    let mut h = Headers::new();
+    h.push("streamType", "error");
+    enc.encode(Frame::Ping { id: 1 }, &mut buf).unwrap();
+    enc.encode(Frame::SynStream { stream_id: 1, associated: 0, priority: 0, flags: 0, headers: h.clone() }, &mut buf)
+        .unwrap();
+    enc.encode(Frame::SynStream { stream_id: 1, associated: 0, priority: 0, flags: 0, headers: h }, &mut buf).unwrap();
+    w.write_all(&buf).await.unwrap();
+    let s = session.next_stream().await.unwrap();
+    assert_eq!(s.id, 1);
+    let _stream = s.accept().await.unwrap();
+    session.closer().close().await;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    let fs = frames(&out);
+    assert!(fs.contains(&Frame::Ping { id: 1 }), "{fs:?}");
+    assert!(fs.contains(&Frame::RstStream { stream_id: 1, status: super::frame::rst::STREAM_IN_USE }), "{fs:?}");
+    assert!(fs.contains(&Frame::SynReply { stream_id: 1, flags: 0, headers: Headers::new() }), "{fs:?}");
+}
