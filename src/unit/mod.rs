@@ -11,6 +11,7 @@
 pub mod escape;
 pub mod meta;
 pub mod name;
+pub mod stdin;
 
 use std::collections::HashMap;
 
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use self::escape::Unrepresentable;
 pub use self::meta::{ContainerKind, UnitMeta};
+pub use self::stdin::stdin_fifo;
 
 /// `PATH` used to find a bare command name when the container sets none (runc's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -382,41 +384,11 @@ pub fn plan(
     Ok(unit)
 }
 
-/// The runtime directory (under `/run`) of a container with `stdin: true`, holding its stdin FIFO.
-pub fn stdin_dir(unit: &str) -> String {
-    format!("vks-stdin/{unit}")
-}
-
-/// Where a container with `stdin: true` reads its input: a FIFO that `kubectl attach -i` writes
-/// to (`kubelet_api::stream::attach`).
-pub fn stdin_fifo(unit: &str) -> String {
-    format!("/run/{}/stdin", stdin_dir(unit))
-}
-
-/// The `ExecStart=` value. A container with `stdin: true` starts through `/bin/sh`, which makes
-/// the FIFO [`stdin_fifo`] in the unit's runtime directory (owned by the container's user),
-/// opens it read-write as its stdin — so the container never reads end of input between attach
-/// sessions, whoever attaches and whether vks runs — and `exec`s the container's program (same
-/// PID; its `argv[0]` is then the program's path). systemd's own stdin would not do: it applies
-/// to `ExecStartPre=` too, and a FIFO nobody holds blocks the open. (A container with
-/// `tty: true` gets no terminal yet.)
-fn exec_start(u: &UnitSpec) -> Result<String, Unrepresentable> {
-    if !u.stdin {
-        return escape::exec_line(&u.executable, &u.argv);
-    }
-    let script = r#"rm -f "$0" && mkfifo -m 0600 "$0" && exec 0<>"$0" && exec "$@""#;
-    let mut argv = vec![Arg::Lit("sh".into()), Arg::Lit("-c".into()), Arg::Lit(script.into())];
-    argv.push(Arg::Lit(stdin_fifo(&u.name)));
-    argv.push(Arg::Lit(u.executable.clone()));
-    argv.extend(u.argv.iter().skip(1).cloned());
-    escape::exec_line("/bin/sh", &argv)
-}
-
 /// Renders the unit file.
 pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     let c = &u.meta.container;
     let bad = |what: String, e: Unrepresentable| SpecError::create(format!("container {c}: {what} {e}"));
-    let exec = exec_start(u).map_err(|e| bad("the command line".into(), e))?;
+    let exec = stdin::exec_start(u).map_err(|e| bad("the command line".into(), e))?;
     // A package's unit may say how its daemon starts; oneshot (and simple) become exec, which
     // reports a program that cannot be executed as a failed start.
     let service_type = u
@@ -456,7 +428,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         s.push_str(&format!("Environment={line}\n"));
     }
     if u.stdin {
-        s.push_str(&format!("RuntimeDirectory={}\n", stdin_dir(&u.name)));
+        s.push_str(&format!("RuntimeDirectory={}\n", stdin::stdin_dir(&u.name)));
     }
     s.push_str(&format!(
         "RemainAfterExit=yes\n\
@@ -618,29 +590,6 @@ mod tests {
         );
         let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
         assert!(e.message.starts_with("container c: env \"my.var\" is not a valid environment variable name"), "{e}");
-    }
-
-    #[test]
-    fn a_container_with_stdin_reads_a_fifo_it_holds_open_itself() {
-        let mut p = pod();
-        let c = container(serde_json::json!({"name": "c", "command": ["cat", "-u"], "stdin": true}));
-        p.spec.as_mut().unwrap().containers = vec![c.clone()];
-        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |e| e == "/usr/bin/cat").unwrap();
-        let file = render(&u).unwrap();
-        assert!(
-            file.contains(
-                "ExecStart=\"@/bin/sh\" \"sh\" \"-c\" \"rm -f \\\"$$0\\\" && mkfifo -m 0600 \\\"$$0\\\" && \
-                 exec 0<>\\\"$$0\\\" && exec \\\"$$@\\\"\" \"/run/vks-stdin/vks.ns.p.c.service/stdin\" \
-                 \"/usr/bin/cat\" \"-u\"\n"
-            ),
-            "{file}"
-        );
-        assert!(file.contains("RuntimeDirectory=vks-stdin/vks.ns.p.c.service\n"), "{file}");
-        assert_eq!(stdin_fifo(&u.name), "/run/vks-stdin/vks.ns.p.c.service/stdin");
-        let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"]}));
-        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap();
-        let file = render(&u).unwrap();
-        assert!(file.contains("ExecStart=\"@/bin/cat\" \"/bin/cat\"\n") && !file.contains("vks-stdin"), "{file}");
     }
 
     #[test]
