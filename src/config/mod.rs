@@ -204,6 +204,10 @@ pub struct KubeletConfig {
     /// Largest request body, bytes.
     #[serde(serialize_with = "bytes_quantity")]
     pub max_body_bytes: u64,
+    /// Declare `ExtendWebSocketsToKubelet` in the Node's `status.declaredFeatures`, so that API
+    /// servers (1.36+) pass exec, attach and port-forward WebSockets straight to vks instead of
+    /// translating them to SPDY.
+    pub websocket_streaming: bool,
 }
 
 /// `[paths]`.

@@ -88,6 +88,7 @@ impl Config {
                 .bytes("max_header_bytes", &mut errs)
                 .map_or(64 << 10, |b| usize::try_from(b).unwrap_or(usize::MAX)),
             max_body_bytes: kubelet.bytes("max_body_bytes", &mut errs).unwrap_or(1 << 20),
+            websocket_streaming: kubelet.boolean("websocket_streaming", &mut errs).unwrap_or(true),
         };
         if kubelet_cfg.max_header_bytes < 8192 {
             errs.push(format!(

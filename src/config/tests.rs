@@ -20,6 +20,7 @@ fn empty_file_gives_documented_defaults() {
     assert_eq!(c.cluster.kubeconfig, PathBuf::from("/etc/vks/kubeconfig"));
     assert_eq!(c.kubelet.port, 10250);
     assert_eq!(c.kubelet.address.to_string(), "0.0.0.0");
+    assert!(c.kubelet.websocket_streaming);
     assert_eq!(c.paths.state_dir, PathBuf::from("/var/lib/vks"));
     assert_eq!(c.paths.pod_dir, PathBuf::from("/var/lib/vks/pods"));
     assert_eq!(c.log.level, LogLevel::Info);
@@ -46,6 +47,7 @@ fn full_file_is_read() {
         tls_cert_file = "/a.crt"
         tls_key_file = "/a.key"
         client_ca_file = "/ca.crt"
+        websocket_streaming = false
         [paths]
         state_dir = "/srv/vks"
         [log]
@@ -67,6 +69,7 @@ fn full_file_is_read() {
     assert_eq!(c.eviction.nodefs_inodes_free, Threshold::Quantity(1000));
     assert_eq!(c.eviction.pid_available, Threshold::Percent(2.5));
     assert_eq!(c.log.level, LogLevel::Debug);
+    assert!(!c.kubelet.websocket_streaming);
 }
 
 #[test]
@@ -84,6 +87,7 @@ fn every_error_is_reported_at_once_naming_key_and_value() {
         [kubelet]
         port = 70000
         tls_cert_file = "relative.crt"
+        websocket_streaming = "yes"
         [log]
         level = "loud"
         [eviction]
@@ -104,6 +108,7 @@ fn every_error_is_reported_at_once_naming_key_and_value() {
         "node.flavour: unknown key (value 1)",
         "kubelet.port: 70000 is out of range (1..=65535)",
         "kubelet.tls_cert_file: \"relative.crt\" is not an absolute path",
+        "kubelet.websocket_streaming: expected true or false, got \"yes\"",
         "log.level: \"loud\" is not a log level",
         "eviction.memory_available: \"lots\"",
         "eviction.nodefs_available: \"150%\"",

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod pods;
 mod router;
 pub mod stats;
+pub mod stream;
 pub mod tls;
 
 #[cfg(test)]
@@ -122,6 +123,10 @@ impl KubeletServer {
             )),
             pods: deps.pods,
             streams: Limiter::new(usize::MAX, limits.max_streams_per_client),
+            stream: stream::StreamContext::new(
+                Arc::new(stream::host::HostContainers::default()),
+                stream::Limits { idle_timeout: cfg.streaming_idle_timeout, ..stream::Limits::default() },
+            ),
             limits: limits.clone(),
         });
         let addr = SocketAddr::new(cfg.address, cfg.port);

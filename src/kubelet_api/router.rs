@@ -53,6 +53,8 @@ pub struct App {
     pub pods: Arc<dyn PodSource>,
     /// Concurrent streams per client.
     pub streams: Arc<Limiter<String>>,
+    /// exec, attach and portForward.
+    pub stream: super::stream::StreamContext,
     /// The limits.
     pub limits: Limits,
 }
@@ -86,33 +88,16 @@ impl hyper::body::Body for Guarded {
 
 /// Whether a request is long-running (counts against `max_streams_per_client`).
 fn is_stream(path: &str, query: Option<&str>) -> bool {
-    is_upgrade_endpoint(path)
+    super::stream::is_stream_path(path)
         || (path.starts_with("/containerLogs/")
             && form_urlencoded::parse(query.unwrap_or("").as_bytes())
                 .any(|(k, v)| k == "follow" && matches!(&*v, "true" | "1" | "t" | "T" | "TRUE" | "True")))
-}
-
-/// exec, attach and port-forward: served by `stream::serve` (HTTP upgrades).
-fn is_upgrade_endpoint(path: &str) -> bool {
-    ["/exec/", "/attach/", "/portForward/"].iter().any(|p| path.starts_with(p))
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
     let v = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
-}
-
-/// exec, attach and portForward. The one place the streaming endpoints are wired: replaced by
-/// `crate::kubelet_api::stream::serve(req).await` when that module is merged.
-async fn streaming(req: Request<Incoming>) -> Response<Body> {
-    body::text(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "not implemented yet: {} (exec, attach and port-forward come with the streaming module)",
-            req.uri().path()
-        ),
-    )
 }
 
 impl App {
@@ -150,7 +135,7 @@ impl App {
         if declared.is_some_and(|n| n > self.limits.max_body_bytes)
             || (declared.is_none()
                 && req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
-                && !is_upgrade_endpoint(&path))
+                && !super::stream::is_stream_path(&path))
         {
             return body::text(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -169,7 +154,7 @@ impl App {
         if is_stream(&path, query.as_deref()) {
             match self.streams.try_acquire(conn.client().to_owned()) {
                 Ok(permit) => {
-                    if is_upgrade_endpoint(&path) {
+                    if super::stream::is_stream_path(&path) {
                         // An upgraded connection outlives the response: the permit goes with it.
                         conn.activity.mark_streaming();
                         conn.activity.hold(Box::new(permit));
@@ -192,7 +177,7 @@ impl App {
         log::trace!("kubelet API: {} {path} as {}", req.method(), user.name);
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         match path.as_str() {
-            _ if is_upgrade_endpoint(&path) => streaming(req).await,
+            _ if super::stream::is_stream_path(&path) => super::stream::serve(req, &self.stream).await,
             // "ok" without a newline, as the kubelet.
             "/healthz" if get => body::typed("text/plain; charset=utf-8", body::full("ok")),
             "/pods" | "/pods/" if get => self.pods_list().await,

@@ -48,6 +48,10 @@ fn setup(name: &str, limits: Limits) -> Setup {
         stats: Arc::new(stats::Stats::new(systemd, &dir, "n1".into(), dir.clone(), dir.clone())),
         pods,
         streams: Limiter::new(usize::MAX, limits.max_streams_per_client),
+        stream: crate::kubelet_api::stream::StreamContext::new(
+            Arc::new(crate::kubelet_api::stream::host::HostContainers::default()),
+            crate::kubelet_api::stream::Limits::default(),
+        ),
         limits: limits.clone(),
     });
     let handler = ConnectionHandler::new(tls, app, limits, CancellationToken::new());
@@ -120,15 +124,23 @@ async fn too_many_streams_from_one_client_get_429() {
     // The first exec holds the client's only stream slot for as long as its connection lives.
     let mut first = connect(&s).await;
     first.write_all(b"GET /exec/ns/p/c HTTP/1.1\r\nHost: n1\r\nAuthorization: Bearer good\r\n\r\n").await.unwrap();
-    let mut buf = [0u8; 12];
+    let mut buf = [0u8; 9];
     first.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 501");
+    assert_eq!(&buf, b"HTTP/1.1 ", "the first exec is answered (the pod is unknown here), not refused");
     let (code, body) = request(&s, "GET /exec/ns/p/c HTTP/1.1\r\nAuthorization: Bearer good").await;
     assert_eq!(code, 429, "{body}");
     assert!(body.contains("kubelet.max_streams_per_client = 1"), "{body}");
     drop(first);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(request(&s, "GET /exec/ns/p/c HTTP/1.1\r\nAuthorization: Bearer good").await.0, 501);
+    // The slot is released when the first connection's task sees it close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = request(&s, "GET /exec/ns/p/c HTTP/1.1\r\nAuthorization: Bearer good").await;
+        if code != 429 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot was never released: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(start_paused = true)]

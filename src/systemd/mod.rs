@@ -10,6 +10,7 @@
 //! from systemd; nothing here caches it.
 
 pub mod dbus;
+pub mod exec;
 pub mod fake;
 
 /// Where vks writes its unit files: runtime units, gone after a reboot (vks recreates them

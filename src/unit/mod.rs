@@ -13,6 +13,7 @@ mod env;
 pub mod escape;
 pub mod meta;
 pub mod name;
+pub mod stdin;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use sha2::{Digest, Sha256};
@@ -23,6 +24,7 @@ pub use self::command::{DEFAULT_PATH, container_argv, resolve_executable};
 pub use self::env::{expand, resolve_env};
 use self::escape::{Unrepresentable, directive};
 pub use self::meta::{ContainerKind, UnitMeta};
+pub use self::stdin::stdin_fifo;
 
 /// A container that cannot be turned into a unit, with the kubelet's waiting reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +112,9 @@ pub struct UnitSpec {
     pub working_dir: Option<String>,
     /// Seconds systemd waits after SIGTERM before SIGKILL when it stops the unit itself.
     pub stop_timeout_secs: i64,
+    /// The container reads stdin (`stdin: true`): it reads a FIFO that `kubectl attach` writes
+    /// to (see [`stdin_fifo`]).
+    pub stdin: bool,
 }
 
 /// The containers of a pod in the order they are started, with their role: init containers
@@ -198,6 +203,7 @@ pub fn plan(
         env,
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
+        stdin: c.stdin.unwrap_or(false),
     };
     render(&unit)?;
     Ok(unit)
@@ -210,7 +216,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     let c = &m.container;
     name::validate(&m.namespace, &m.pod, c)?;
     let bad = |what: String, e: Unrepresentable| SpecError::create(format!("container {c}: {what} {e}"));
-    let exec = escape::exec_line(&u.executable, &u.argv)
+    let exec = stdin::exec_start(u)
         .and_then(|v| directive("ExecStart", &v))
         .map_err(|e| bad(format!("the command line (program {:?})", u.executable), e))?;
     let text = |v: &str| escape::text(v).map_err(|e| bad(format!("the name {v:?}"), e));
@@ -256,6 +262,9 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
             .and_then(|v| directive("Environment", &v))
             .map_err(|e| bad(format!("env {k:?}"), e))?;
         s.push_str(&line);
+    }
+    if u.stdin {
+        s.push_str(&format!("RuntimeDirectory={}\n", stdin::stdin_dir(&u.name)));
     }
     let log_field = |k: &str, v: &str| {
         escape::log_field(k, v)

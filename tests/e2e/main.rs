@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod debs;
+mod exec;
 mod images;
 mod k3s_join;
 mod kubelet_api;
