@@ -102,18 +102,32 @@ impl Worker {
             return;
         }
         let Some(image) = self.image(i) else { return };
-        let c = &self.ctrs[i];
-        let plan = match unit::plan(&self.pod, &c.spec, c.kind, &image, &self.shared.node, self.shared.is_executable) {
-            Ok(p) => p,
-            Err(e) => {
-                if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != e.message) {
-                    log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, e.message);
-                    self.event(EventType::Warning, "Failed", format!("Error: {}", e.message));
+        let data = match self.container_data(i, &image).await {
+            Ok(d) => d,
+            Err(b) => {
+                if let Some((t, reason, note)) = b.event
+                    && self.ctrs[i].blocked.as_ref().is_none_or(|x| x.message != b.message)
+                {
+                    log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, b.message);
+                    self.event(t, reason, note);
                 }
-                self.block(i, e.reason, e.message, CREATE_RETRY);
+                self.block(i, b.reason, b.message, CREATE_RETRY);
                 return;
             }
         };
+        let c = &self.ctrs[i];
+        let plan =
+            match unit::plan(&self.pod, &c.spec, c.kind, &image, &self.shared.node, &data, self.shared.is_executable) {
+                Ok(p) => p,
+                Err(e) => {
+                    if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != e.message) {
+                        log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, e.message);
+                        self.event(EventType::Warning, "Failed", format!("Error: {}", e.message));
+                    }
+                    self.block(i, e.reason, e.message, CREATE_RETRY);
+                    return;
+                }
+            };
         if let Err(other) = self.shared.claim(&plan.name, &self.id.uid) {
             let message = format!("waiting for unit {} of the previous pod {other} to be removed", plan.name);
             self.block(i, WaitingReason::ContainerCreating, message, std::time::Duration::from_secs(1));
@@ -145,6 +159,13 @@ impl Worker {
             {
                 log::warn!("daemon-reload for {unit}: {e}");
             }
+        }
+        // Env values from Secrets: written (again) before every start, never into the unit.
+        if let Some(file) = &plan.env_file
+            && let Err(e) = self.shared.volumes.write_env_file(file, &plan.secret_env.0).await
+        {
+            self.block(i, WaitingReason::CreateContainerError, e, CALL_RETRY);
+            return;
         }
         log::debug!(unit = unit.as_str(); "starting unit {unit}");
         let result = if ran_before { sd.restart(&unit).await } else { sd.start(&unit).await };
