@@ -8,8 +8,10 @@
 //! ```
 //!
 //! An update writes a new version directory, points `..data_tmp` at it and renames that over
-//! `..data` (one atomic step), adds and removes the top-level links, then deletes the old
-//! version. Identical content is not written again. Blocking: called off the async runtime.
+//! `..data` (one atomic step), then adds and removes the top-level links. Unlike the kubelet,
+//! the version just replaced is deleted only at the next update, so a reader that had resolved
+//! `..data` a moment before the swap still opens complete files. Identical content is not
+//! written again. Blocking: called off the async runtime.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -163,11 +165,12 @@ pub fn write(dir: &Path, payload: &Payload, own: Ownership, now: SystemTime) -> 
             chown(&link, own)?;
         }
     }
-    // What is no longer there: old links, old versions (and leftovers of an interrupted write).
+    // What is no longer there: old links, older versions (and leftovers of an interrupted
+    // write); the version just replaced stays until the next update.
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name == DATA || name == new_name {
+        if name == DATA || name == new_name || current.as_deref() == Some(name.as_str()) {
             continue;
         }
         let path = e.path();
@@ -242,12 +245,16 @@ mod tests {
         assert!(write(&dir, &p2, root(), now).unwrap());
         let v2 = std::fs::read_link(dir.join(DATA)).unwrap();
         assert_ne!(v1, v2);
-        assert_eq!(names(&dir), [v2.to_string_lossy().into_owned(), DATA.to_owned(), "a".into(), "c".into()]);
+        let mut want = vec![v1.to_string_lossy().into_owned(), v2.to_string_lossy().into_owned()];
+        want.sort();
+        want.extend([DATA.to_owned(), "a".into(), "c".into()]);
+        assert_eq!(names(&dir), want, "the replaced version stays until the next update");
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "ONE");
         assert_eq!(std::fs::metadata(dir.join("a")).unwrap().mode() & 0o777, 0o640);
-        // An empty payload empties the volume.
+        // An empty payload empties the volume (the versions before it are gone).
         assert!(write(&dir, &Payload::new(), root(), now).unwrap());
-        assert_eq!(names(&dir).len(), 2, "{:?}", names(&dir));
+        assert_eq!(names(&dir).len(), 3, "{:?}", names(&dir));
+        assert!(!names(&dir).contains(&v1.to_string_lossy().into_owned()));
     }
 
     #[test]
