@@ -2,7 +2,8 @@
 //! checked on the path as written and after resolving symbolic links), and the kubelet's type
 //! checks (`pkg/volume/hostpath` `checkType`): `Directory`, `DirectoryOrCreate` (0755),
 //! `File`, `FileOrCreate` (0644, the parent must exist), `Socket`, `CharDevice`, `BlockDevice`,
-//! or no check (`""`). Blocking.
+//! or no check (`""`: a missing path is created as a directory, as container runtimes do).
+//! Blocking.
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,12 @@ pub fn prepare(path: &str, type_: Option<&str>, allow: &[PathBuf]) -> Result<Pat
                 .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)))
                 .map_err(|e| HostPathError::Check(format!("creating hostPath directory {norm}: {e}")))?;
         }
+        // No type: a missing path becomes a directory, as the container runtimes make it.
+        "" if !p.exists() => {
+            std::fs::create_dir_all(&p)
+                .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)))
+                .map_err(|e| HostPathError::Check(format!("creating hostPath directory {norm}: {e}")))?;
+        }
         "FileOrCreate" if !p.exists() => {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -60,13 +67,7 @@ pub fn prepare(path: &str, type_: Option<&str>, allow: &[PathBuf]) -> Result<Pat
         _ => {}
     }
     // What the path really is: no symbolic link may lead outside the allowed paths.
-    let real = match std::fs::canonicalize(&p) {
-        Ok(r) => r,
-        Err(_) if type_.unwrap_or("").is_empty() => {
-            return Err(HostPathError::Check(format!("hostPath {norm} does not exist")));
-        }
-        Err(e) => return Err(HostPathError::Check(format!("hostPath {norm}: {e}"))),
-    };
+    let real = std::fs::canonicalize(&p).map_err(|e| HostPathError::Check(format!("hostPath {norm}: {e}")))?;
     if !allowed(&real, allow) {
         return Err(not_allowed(path, &format!(" (a link to {})", real.display()), allow));
     }
@@ -111,6 +112,7 @@ mod tests {
 
         assert_eq!(prepare(&s("ok/dir"), Some("Directory"), &allow).unwrap(), base.join("ok/dir"));
         assert_eq!(prepare(&s("ok//dir/"), None, &allow).unwrap(), base.join("ok/dir"));
+        assert!(prepare(&s("ok/untyped"), None, &allow).unwrap().is_dir(), "no type: created as a directory");
         assert_eq!(prepare(&s("ok/file"), Some("File"), &allow).unwrap(), base.join("ok/file"));
         assert!(
             matches!(prepare(&s("ok/file"), Some("Directory"), &allow), Err(HostPathError::Check(m)) if m.contains("is not a directory"))

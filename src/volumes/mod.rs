@@ -397,7 +397,10 @@ impl Volumes {
 fn empty_dir(dir: &Path, mode: u32, gid: Option<u32>, memory: Option<Option<String>>) -> Result<(), String> {
     if let Some(size) = memory {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        if !is_mount_point(dir) {
+        if is_mount_point(dir) {
+            return Ok(());
+        }
+        {
             let mut opts = format!("mode={mode:o}");
             if let Some(s) = size {
                 let bytes = crate::unit::resource::parse_milli(&s)

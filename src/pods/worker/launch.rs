@@ -115,19 +115,18 @@ impl Worker {
                 return;
             }
         };
-        let c = &self.ctrs[i];
-        let plan =
-            match unit::plan(&self.pod, &c.spec, c.kind, &image, &self.shared.node, &data, self.shared.is_executable) {
-                Ok(p) => p,
-                Err(e) => {
-                    if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != e.message) {
-                        log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, e.message);
-                        self.event(EventType::Warning, "Failed", format!("Error: {}", e.message));
-                    }
-                    self.block(i, e.reason, e.message, CREATE_RETRY);
-                    return;
+        let (c, node) = (&self.ctrs[i], &self.shared.node);
+        let plan = match unit::plan(&self.pod, &c.spec, c.kind, &image, node, &data, self.shared.is_executable) {
+            Ok(p) => p,
+            Err(e) => {
+                if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != e.message) {
+                    log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, e.message);
+                    self.event(EventType::Warning, "Failed", format!("Error: {}", e.message));
                 }
-            };
+                self.block(i, e.reason, e.message, CREATE_RETRY);
+                return;
+            }
+        };
         if let Err(other) = self.shared.claim(&plan.name, &self.id.uid) {
             let message = format!("waiting for unit {} of the previous pod {other} to be removed", plan.name);
             self.block(i, WaitingReason::ContainerCreating, message, std::time::Duration::from_secs(1));
