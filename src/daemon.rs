@@ -163,6 +163,22 @@ const LIMIT_LEASE: Duration = Duration::from_secs(120);
 const LIMIT_KUBELET_API: Duration = Duration::from_secs(30);
 const LIMIT_RENEWAL: Duration = Duration::from_secs(60);
 const LIMIT_TUNNEL: Duration = Duration::from_secs(60);
+const LIMIT_SERVICES: Duration = Duration::from_secs(30);
+
+/// The node's allocatable resources, as the Node reports them (for resourceFieldRef).
+fn allocatable(config: &Config) -> crate::unit::data::Allocatable {
+    match host::HostFacts::read(&config.paths.state_dir) {
+        Ok(f) => crate::unit::data::Allocatable {
+            cpu_millis: f.cpus * 1000,
+            memory: f.memory_total.saturating_sub(config.eviction.memory_available.amount(f.memory_total)),
+            ephemeral_storage: f.fs_total.saturating_sub(config.eviction.nodefs_available.amount(f.fs_total)),
+        },
+        Err(e) => {
+            log::warn!("reading the host's resources: {e:#}");
+            crate::unit::data::Allocatable::default()
+        }
+    }
+}
 
 /// The daemon's long-running loops, by name. Any of them ending before shutdown is a failure.
 struct Tasks {
@@ -217,6 +233,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     for dir in [&config.paths.state_dir, &config.paths.pod_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let volumes = Arc::new(crate::volumes::Volumes::new(
+        config.paths.pod_dir.clone(),
+        config.paths.run_dir.clone(),
+        config.volumes.host_path_allow.clone(),
+        Clock::system(),
+    ));
+    volumes.prepare_node().map_err(anyhow::Error::msg).context("preparing the pod directories")?;
     let internal_ip = match config.node.internal_ip {
         Some(ip) => ip,
         None => host::detect_node_ip()?,
@@ -326,7 +349,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let (events, event_task) = crate::events::EventSink::new(client.clone(), &id.name, cancel.clone());
     tasks.spawn("events", event_task);
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         Arc::new(KubePodApi::new(client.clone())),
         Arc::new(events),
         systemd.clone(),
@@ -335,7 +358,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
         config.paths.pod_dir.clone(),
         health.clone(),
-    ));
+    );
+    // ConfigMaps, Secrets, tokens and Services of the pods; their volumes (issue 12).
+    {
+        use crate::objects::kube::{KubeObjects, api_server_of};
+        let (objects, services) = KubeObjects::new(client.clone(), clients.watches.clone());
+        let hb = beats.register("services", LIMIT_SERVICES);
+        tasks.spawn("services", KubeObjects::run_services(services, hb, cancel.clone()));
+        let api_server = api_server_of(&config.cluster.kubeconfig);
+        if api_server.is_none() {
+            log::warn!(
+                "no API server address in {}: pods get no KUBERNETES_SERVICE_HOST",
+                config.cluster.kubeconfig.display()
+            );
+        }
+        shared.objects =
+            crate::objects::Objects::with_node(Arc::new(objects), Clock::system(), api_server, allocatable(&config));
+        shared.volumes = volumes;
+    }
+    let shared = Arc::new(shared);
     let pod_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
         let manager = PodManager::new(shared, cancel.clone(), pod_count.clone()).reporting_sync_to(pods_synced);

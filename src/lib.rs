@@ -38,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod objects;
 pub mod pki;
 pub mod pods;
 pub mod policy;
@@ -48,6 +49,7 @@ pub mod systemd;
 pub mod token;
 pub mod tunnel;
 pub mod unit;
+pub mod volumes;
 
 /// A fault-injection point for end-to-end tests: with the `failpoints` feature (never in the
 /// packaged binary) it is a `fail::fail_point!` configured through the `FAILPOINTS` environment

@@ -42,6 +42,15 @@ pub struct Config {
     pub eviction: EvictionConfig,
     /// `[images]`: how images (Debian packages, paths, .deb URLs) are made available.
     pub images: ImagesConfig,
+    /// `[volumes]`: what pods may mount from the host.
+    pub volumes: VolumesConfig,
+}
+
+/// `[volumes]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumesConfig {
+    /// Host paths (and everything below them) that hostPath volumes may mount; empty: none.
+    pub host_path_allow: Vec<PathBuf>,
 }
 
 /// `[images]`.
@@ -217,6 +226,10 @@ pub struct PathsConfig {
     pub state_dir: PathBuf,
     /// Per-pod directories (`<pod_dir>/<pod uid>/`).
     pub pod_dir: PathBuf,
+    /// Per-pod files that must never reach persistent storage (Secret, projected and token
+    /// volumes, env values from Secrets, memory-backed emptyDirs): `<run_dir>/<pod uid>/`, on
+    /// tmpfs.
+    pub run_dir: PathBuf,
 }
 
 /// `[log]`.

@@ -25,6 +25,7 @@ impl Config {
         let mut log = Section::take(&mut root, "log", &mut errs);
         let mut eviction = Section::take(&mut root, "eviction", &mut errs);
         let mut images = Section::take(&mut root, "images", &mut errs);
+        let mut volumes = Section::take(&mut root, "volumes", &mut errs);
         for (key, value) in root {
             errs.push(format!("{key}: unknown key (value {})", show(&value)));
         }
@@ -104,6 +105,7 @@ impl Config {
         let state_dir = paths.path("state_dir", &mut errs).unwrap_or_else(|| PathBuf::from("/var/lib/vks"));
         let paths_cfg = PathsConfig {
             pod_dir: paths.path("pod_dir", &mut errs).unwrap_or_else(|| state_dir.join("pods")),
+            run_dir: paths.path("run_dir", &mut errs).unwrap_or_else(|| PathBuf::from("/run/vks/pods")),
             state_dir,
         };
         paths.finish(&mut errs);
@@ -136,6 +138,9 @@ impl Config {
         };
         images.finish(&mut errs);
 
+        let volumes_cfg = VolumesConfig { host_path_allow: volumes.paths("host_path_allow", &mut errs) };
+        volumes.finish(&mut errs);
+
         if errs.0.is_empty() {
             Ok(Config {
                 node: node_cfg,
@@ -145,6 +150,7 @@ impl Config {
                 log: log_cfg,
                 eviction: eviction_cfg,
                 images: images_cfg,
+                volumes: volumes_cfg,
             })
         } else {
             Err(errs.0)
@@ -247,6 +253,23 @@ impl Section {
             return None;
         }
         Some(PathBuf::from(s))
+    }
+
+    /// An array of absolute, normalized paths (none when absent).
+    fn paths(&mut self, key: &str, errs: &mut Errors) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for (i, v) in self.array(key, "an array of absolute paths", errs).into_iter().enumerate() {
+            let name = format!("{}[{i}]", self.key(key));
+            match v.as_str() {
+                Some(s) if s.starts_with('/') && !s.split('/').any(|c| c == ".." || c == ".") => {
+                    let norm: PathBuf = std::path::Path::new(s).components().collect();
+                    out.push(norm);
+                }
+                Some(s) => errs.push(format!("{name}: {s:?} is not an absolute path without '.' or '..'")),
+                None => errs.push(format!("{name}: expected a path, got {}", show(&v))),
+            }
+        }
+        out
     }
 
     /// An `https://host[:port]` URL.

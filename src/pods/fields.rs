@@ -45,12 +45,16 @@ pub const POD_FIELDS: &[Field] = &[
     f(
         "automountServiceAccountToken",
         Honoured,
-        "false: no token volume is injected (the token volume itself is not mounted yet)",
+        "the injected `kube-api-access-*` volume (token, CA, namespace) is mounted; false: none is injected",
     ),
     f("containers", Honoured, "each container is a unit"),
     f("dnsConfig", Refused, "pods use the node's resolver"),
     f("dnsPolicy", Ignored, "pods use the node's resolver; `None` (which needs dnsConfig) is refused"),
-    f("enableServiceLinks", Ignored, "service environment variables are not injected yet"),
+    f(
+        "enableServiceLinks",
+        Honoured,
+        "the namespace's Services as env; `KUBERNETES_SERVICE_*` always, pointing at the API server",
+    ),
     f("ephemeralContainers", Ignored, "not run yet (Warning event)"),
     f("evictionResponders", Ignored, "no eviction on vks nodes"),
     f("hostAliases", Refused, "pods use the node's /etc/hosts"),
@@ -86,15 +90,23 @@ pub const POD_FIELDS: &[Field] = &[
     f("terminationGracePeriodSeconds", Honoured, "SIGTERM, then SIGKILL at its end"),
     f("tolerations", Ignored, "for the scheduler"),
     f("topologySpreadConstraints", Ignored, "for the scheduler"),
-    f("volumes", Refused, "not mounted yet; the API server's service-account token volume is ignored (Warning event)"),
+    f(
+        "volumes",
+        Honoured,
+        "emptyDir, configMap, secret, downwardAPI, projected, hostPath (allow-list); other types refused",
+    ),
 ];
 
 /// `Container`'s fields.
 pub const CONTAINER_FIELDS: &[Field] = &[
     f("args", Honoured, "replace the image's arguments; `$(VAR)` expanded"),
     f("command", Honoured, "replaces the image's entrypoint; `$(VAR)` expanded"),
-    f("env", Honoured, "values and fieldRef; configMapKeyRef, secretKeyRef and resourceFieldRef are refused"),
-    f("envFrom", Refused, "not supported yet"),
+    f(
+        "env",
+        Honoured,
+        "values, fieldRef, resourceFieldRef, configMapKeyRef, secretKeyRef (`$(VAR)` expanded); fileKeyRef refused",
+    ),
+    f("envFrom", Honoured, "ConfigMaps and Secrets with prefix; invalid keys skipped (Warning event)"),
     f("image", Honoured, "a Debian package, an absolute path or a .deb URL"),
     f("imagePullPolicy", Honoured, "as the kubelet's"),
     f("lifecycle", Refused, "hooks are not run yet"),
@@ -118,7 +130,11 @@ pub const CONTAINER_FIELDS: &[Field] = &[
     f("terminationMessagePolicy", Ignored, "no termination message yet (Warning event when not the default)"),
     f("tty", Refused, "true: attach is not supported yet"),
     f("volumeDevices", Refused, "no block devices"),
-    f("volumeMounts", Refused, "volumes are not mounted yet (mounts of the service-account token volume are ignored)"),
+    f(
+        "volumeMounts",
+        Honoured,
+        "bind mounts; subPath, subPathExpr, readOnly; mountPropagation Bidirectional and bindMountOptions refused",
+    ),
     f("workingDir", Honoured, "WorkingDirectory="),
 ];
 
@@ -139,14 +155,50 @@ fn set_keys(v: &impl serde::Serialize) -> Vec<String> {
     }
 }
 
-/// The token volume the API server's ServiceAccount admission adds to every pod.
-fn is_token_volume(v: &Volume) -> bool {
-    v.name.starts_with("kube-api-access-")
-        && v.projected.as_ref().is_some_and(|p| p.sources.iter().flatten().any(|s| s.service_account_token.is_some()))
-}
-
-fn token_volume(spec: &PodSpec) -> Option<&str> {
-    spec.volumes.iter().flatten().find(|v| is_token_volume(v)).map(|v| v.name.as_str())
+/// Why a volume cannot be mounted by vks, if it cannot.
+fn volume_refusal(v: &Volume) -> Option<String> {
+    let supported = v.empty_dir.is_some()
+        || v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+        || v.host_path.is_some();
+    if !supported {
+        let kinds: Vec<String> = set_keys(v).into_iter().filter(|k| k != "name").collect();
+        return Some(format!(
+            "volume {} ({}) is not supported by vks (emptyDir, configMap, secret, downwardAPI, projected and hostPath are)",
+            v.name,
+            kinds.join(", ")
+        ));
+    }
+    if let Some(m) = v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()).filter(|m| !m.is_empty() && *m != "Memory")
+    {
+        return Some(format!("volume {}: emptyDir medium {m:?} is not supported by vks", v.name));
+    }
+    let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+    if sources.clone().any(|s| s.cluster_trust_bundle.is_some() || s.pod_certificate.is_some()) {
+        return Some(format!(
+            "volume {}: clusterTrustBundle and podCertificate projections are not supported by vks",
+            v.name
+        ));
+    }
+    // The alpha AtomicWriteVolumeUserFields: file owners are the pod's user on vks.
+    let users = v
+        .config_map
+        .as_ref()
+        .is_some_and(|c| c.default_user.is_some() || c.items.iter().flatten().any(|i| i.user.is_some()))
+        || v.secret
+            .as_ref()
+            .is_some_and(|c| c.default_user.is_some() || c.items.iter().flatten().any(|i| i.user.is_some()))
+        || v.downward_api.as_ref().is_some_and(|d| d.items.iter().flatten().any(|i| i.user.is_some()))
+        || v.projected.as_ref().is_some_and(|p| p.default_user.is_some())
+        || sources.clone().any(|s| {
+            s.service_account_token.as_ref().is_some_and(|t| t.user.is_some())
+                || s.config_map.as_ref().is_some_and(|c| c.items.iter().flatten().any(|i| i.user.is_some()))
+                || s.secret.as_ref().is_some_and(|c| c.items.iter().flatten().any(|i| i.user.is_some()))
+                || s.downward_api.as_ref().is_some_and(|d| d.items.iter().flatten().any(|i| i.user.is_some()))
+        });
+    users.then(|| format!("volume {}: per-file user and defaultUser are not supported by vks", v.name))
 }
 
 /// Why a pod is rejected at admission, as the kubelet would: `(reason, message)`.
@@ -193,11 +245,7 @@ fn pod_refusal(spec: &PodSpec) -> Option<String> {
             why.push(format!("securityContext ({}) is not applied by vks yet", keys.join(", ")));
         }
     }
-    let volumes: Vec<&str> =
-        spec.volumes.iter().flatten().filter(|v| !is_token_volume(v)).map(|v| v.name.as_str()).collect();
-    if !volumes.is_empty() {
-        why.push(format!("volumes ({}) are not mounted by vks yet", volumes.join(", ")));
-    }
+    why.extend(spec.volumes.iter().flatten().filter_map(volume_refusal));
     (!why.is_empty()).then(|| format!("pod field {}", why.join("; ")))
 }
 
@@ -209,8 +257,10 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
         return Some(format!("container {}: {why}", c.name));
     }
     let mut why: Vec<String> = Vec::new();
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        why.push("envFrom is not supported by vks yet".into());
+    for e in c.env.iter().flatten() {
+        if e.value_from.as_ref().is_some_and(|f| f.file_key_ref.is_some()) {
+            why.push(format!("env {}: fileKeyRef is not supported by vks yet", e.name));
+        }
     }
     if c.lifecycle.as_ref().is_some_and(|l| !set_keys(l).is_empty()) {
         why.push("lifecycle hooks are not run by vks yet".into());
@@ -242,16 +292,17 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         why.push("volumeDevices are not supported by vks".into());
     }
-    let token = token_volume(spec);
-    let mounts: Vec<&str> = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .filter(|m| Some(m.name.as_str()) != token)
-        .map(|m| m.mount_path.as_str())
-        .collect();
-    if !mounts.is_empty() {
-        why.push(format!("volumeMounts ({}) are not mounted by vks yet", mounts.join(", ")));
+    for m in c.volume_mounts.iter().flatten() {
+        if m.mount_propagation.as_deref() == Some("Bidirectional") {
+            why.push(format!(
+                "volumeMount {}: mountPropagation Bidirectional is not supported by vks (systemd cannot make one \
+                 mount of a unit shared)",
+                m.mount_path
+            ));
+        }
+        if m.bind_mount_options.as_ref().is_some_and(|o| !o.is_empty()) {
+            why.push(format!("volumeMount {}: bindMountOptions are not supported by vks", m.mount_path));
+        }
     }
     (!why.is_empty()).then(|| format!("container {}: field {}", c.name, why.join("; ")))
 }
@@ -261,10 +312,13 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
 pub fn warnings(pod: &Pod) -> Vec<String> {
     let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
     let mut out = Vec::new();
-    if let Some(v) = token_volume(spec) {
-        out.push(format!(
-            "volume {v}: the service-account token is not mounted by vks yet; set automountServiceAccountToken: false to silence this"
-        ));
+    for v in spec.volumes.iter().flatten() {
+        if let Some(e) = &v.empty_dir
+            && e.medium.as_deref().unwrap_or("").is_empty()
+            && e.size_limit.is_some()
+        {
+            out.push(format!("volume {}: the sizeLimit of an emptyDir on disk is not enforced by vks", v.name));
+        }
     }
     if spec.hostname.is_some()
         || spec.subdomain.is_some()
@@ -416,9 +470,7 @@ mod tests {
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(refusal(&p, c), None);
         assert_eq!(admission(&p), None);
-        let w = warnings(&p);
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with("volume kube-api-access-x2k9d:"), "{w:?}");
+        assert_eq!(warnings(&p), Vec::<String>::new());
     }
 
     #[test]
@@ -433,14 +485,29 @@ mod tests {
             "container c: field livenessProbe is not run by vks yet; resources.limits are not applied by vks yet; \
              securityContext (runAsUser) is not applied by vks yet"
         );
-        let p = pod(
-            serde_json::json!({"securityContext": {"runAsNonRoot": true}, "volumes": [{"name": "data", "emptyDir": {}}],
-            "containers": [{"name": "c", "image": "x"}]}),
-        );
+        let p = pod(serde_json::json!({"securityContext": {"runAsNonRoot": true}, "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}},
+                {"name": "huge", "emptyDir": {"medium": "HugePages"}},
+                {"name": "ctb", "projected": {"sources": [{"clusterTrustBundle": {"path": "b", "name": "n"}}]}}],
+            "containers": [{"name": "c", "image": "x", "volumeMounts": [
+                {"name": "data", "mountPath": "/d", "mountPropagation": "Bidirectional"}]}]}));
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
             refusal(&p, c).unwrap(),
-            "container c: pod field securityContext (runAsNonRoot) is not applied by vks yet; volumes (data) are not mounted by vks yet"
+            "container c: pod field securityContext (runAsNonRoot) is not applied by vks yet; volume pvc \
+             (persistentVolumeClaim) is not supported by vks (emptyDir, configMap, secret, downwardAPI, projected and \
+             hostPath are); volume huge: emptyDir medium \"HugePages\" is not supported by vks; volume ctb: \
+             clusterTrustBundle and podCertificate projections are not supported by vks"
+        );
+        let p = pod(serde_json::json!({"volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": "x", "volumeMounts": [
+                {"name": "data", "mountPath": "/d", "mountPropagation": "Bidirectional"}]}]}));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            refusal(&p, c).unwrap(),
+            "container c: field volumeMount /d: mountPropagation Bidirectional is not supported by vks (systemd cannot \
+             make one mount of a unit shared)"
         );
     }
 

@@ -6,8 +6,9 @@
 //! `PropertiesChanged` signals) to that pod's [`worker::Worker`]. At start-up it reads the vks
 //! units already on the node (their `[X-Kubernetes]` sections) and hands them to the workers of
 //! their pods, so running units are adopted, never restarted. Units whose pod no longer exists
-//! are stopped and removed (at start-up, after every re-list, and periodically); files without a
-//! complete `[X-Kubernetes]` section are never touched.
+//! are stopped and removed (at start-up, after every re-list, and periodically), and so are the
+//! pod directories (volumes, env files) of pods that are gone; files without a complete
+//! `[X-Kubernetes]` section are never touched.
 //!
 //! Workers are supervised: a worker that panics is logged with its pod and replaced by a new one
 //! (after a back-off that grows with repeated panics), which adopts the pod's units and drives
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod data;
 pub mod fields;
 pub mod status;
 #[cfg(test)]
@@ -286,6 +288,13 @@ impl PodManager {
                 units.len()
             );
             self.spawn(pod, units, true);
+        }
+        // Pod directories whose pod is gone (deleted while vks was not running, or a removal
+        // that was interrupted): nothing of a deleted pod stays on the node.
+        let keep: HashSet<String> =
+            self.workers.keys().chain(self.respawn.keys()).chain(self.adopted.keys()).cloned().collect();
+        for uid in self.shared.volumes.sweep(keep).await {
+            log::info!("removed the directories of gone pod {uid}");
         }
     }
 

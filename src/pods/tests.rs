@@ -61,6 +61,10 @@ type PodTx = mpsc::UnboundedSender<Result<Event<Pod>, watcher::Error>>;
 /// A pod manager running against fakes.
 struct World {
     systemd: Arc<FakeSystemd>,
+    /// ConfigMaps, Secrets, tokens (issue 12).
+    objects: Arc<crate::objects::fake::FakeObjects>,
+    /// The pod directories (`pods/`, `run/`).
+    dirs: tempfile::TempDir,
     api: Arc<FakePodApi>,
     events: Arc<FakeRecorder>,
     images: Arc<FakeImages>,
@@ -83,6 +87,12 @@ impl World {
 
     /// A world on `systemd`, whose first pod list (the watch's initial listing) is `initial`.
     async fn start_with(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
+        World::start_full(systemd, initial, &[]).await
+    }
+
+    /// A world on `systemd` with `initial` pods and directories of these pod UIDs left on the
+    /// node (as a crash would leave them).
+    async fn start_full(systemd: Arc<FakeSystemd>, initial: &[Pod], pre_existing_dirs: &[&str]) -> World {
         let clock = World::clock();
         let api = Arc::new(FakePodApi::default());
         let events = Arc::new(FakeRecorder::default());
@@ -98,6 +108,20 @@ impl World {
             Arc::new(ApiHealth::default()),
         );
         shared.is_executable = |_| true;
+        let dirs = tempfile::tempdir().unwrap();
+        let objects = Arc::new(crate::objects::fake::FakeObjects::new(clock));
+        let api_server = Some(("192.0.2.1".to_owned(), 6443));
+        shared.objects = crate::objects::Objects::with_node(objects.clone(), clock, api_server, Default::default());
+        shared.volumes = Arc::new(crate::volumes::Volumes::new(
+            dirs.path().join("pods"),
+            dirs.path().join("run"),
+            Vec::new(),
+            clock,
+        ));
+        for uid in pre_existing_dirs {
+            std::fs::create_dir_all(dirs.path().join("pods").join(uid).join("volumes")).unwrap();
+            std::fs::create_dir_all(dirs.path().join("run").join(uid).join("env")).unwrap();
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let manager = PodManager::new(Arc::new(shared), cancel.clone(), Default::default());
@@ -109,7 +133,7 @@ impl World {
             tx.send(Ok(Event::InitApply(p.clone()))).unwrap();
         }
         tx.send(Ok(Event::InitDone)).unwrap();
-        World { systemd, api, events, images, clock, pods: tx, cancel, task }
+        World { systemd, objects, dirs, api, events, images, clock, pods: tx, cancel, task }
     }
 
     fn apply(&self, pod: &Pod) {
@@ -166,6 +190,9 @@ impl World {
         self.task.await.unwrap().unwrap();
     }
 }
+
+/// Scenarios of ConfigMaps, Secrets, tokens and volumes (issue 12).
+mod data;
 
 fn tokio_stream_of(mut rx: mpsc::UnboundedReceiver<Result<Event<Pod>, watcher::Error>>) -> super::PodEvents {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
@@ -402,7 +429,8 @@ async fn units_on_the_node_are_adopted_without_a_restart() {
         ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
     let c = p.spec.as_ref().unwrap().containers[0].clone();
     let node = NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() };
-    let plan = crate::unit::plan(&p, &c, crate::unit::ContainerKind::App, &image, &node, |_| true).unwrap();
+    let plan = crate::unit::plan(&p, &c, crate::unit::ContainerKind::App, &image, &node, &Default::default(), |_| true)
+        .unwrap();
     systemd.write_unit(&plan.name, &crate::unit::render(&plan).unwrap()).await.unwrap();
     systemd.start(&plan.name).await.unwrap();
     p.status = Some(

@@ -9,10 +9,12 @@
 //! through [`escape`].
 
 mod command;
-mod env;
+pub mod data;
+pub mod env;
 pub mod escape;
 pub mod meta;
 pub mod name;
+pub mod resource;
 pub mod stdin;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -21,7 +23,8 @@ use sha2::{Digest, Sha256};
 pub use crate::reason::WaitingReason;
 
 pub use self::command::{DEFAULT_PATH, container_argv, resolve_executable};
-pub use self::env::{expand, resolve_env};
+pub use self::data::{BindMount, ContainerData, PodData};
+pub use self::env::{ResolvedEnv, expand, resolve_env};
 use self::escape::{Unrepresentable, directive};
 pub use self::meta::{ContainerKind, UnitMeta};
 pub use self::stdin::stdin_fifo;
@@ -57,20 +60,40 @@ pub struct NodeContext {
 }
 
 /// One argument of a command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Arg {
     /// A literal value (from the pod): escaped so that the process receives it unchanged.
     Lit(String),
     /// Text in systemd's own ExecStart= syntax, taken verbatim from a packaged unit (it may use
     /// `$VARIABLES` of the package's EnvironmentFile=); never from a pod.
     Raw(String),
+    /// A pod's argument that a value from a Secret was expanded into: written with `${NAME}`
+    /// references to the secret variables (systemd substitutes them at exec time from the
+    /// root-only environment file), so the value never appears in the unit file.
+    WithSecret {
+        /// The argument as the process sees it (in memory only).
+        text: String,
+        /// Its pieces: text, and the secret variables.
+        pieces: Vec<env::Piece>,
+    },
+}
+
+impl std::fmt::Debug for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arg::Lit(s) => f.debug_tuple("Lit").field(s).finish(),
+            Arg::Raw(s) => f.debug_tuple("Raw").field(s).finish(),
+            // The text holds secret values: only the pieces, which hide them.
+            Arg::WithSecret { pieces, .. } => f.debug_tuple("WithSecret").field(pieces).finish(),
+        }
+    }
 }
 
 impl Arg {
     /// The argument as the process sees it, for literals; the raw text otherwise.
     pub fn text(&self) -> &str {
         match self {
-            Arg::Lit(s) | Arg::Raw(s) => s,
+            Arg::Lit(s) | Arg::Raw(s) | Arg::WithSecret { text: s, .. } => s,
         }
     }
 }
@@ -115,6 +138,24 @@ pub struct UnitSpec {
     /// The container reads stdin (`stdin: true`): it reads a FIFO that `kubectl attach` writes
     /// to (see [`stdin_fifo`]).
     pub stdin: bool,
+    // --- Data (issue 12): env values from Secrets and volume mounts. ---
+    /// Environment values from Secrets (and values expanded from them): written by the worker
+    /// to `env_file` (tmpfs, root only), never into the unit file.
+    pub secret_env: SecretEnv,
+    /// The `EnvironmentFile=` that holds `secret_env`, when there is any.
+    pub env_file: Option<String>,
+    /// The container's volumes, bind-mounted into the unit's mount namespace.
+    pub mounts: Vec<BindMount>,
+}
+
+/// Environment values from Secrets; `Debug` shows the names only.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretEnv(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
 }
 
 /// The containers of a pod in the order they are started, with their role: init containers
@@ -172,6 +213,7 @@ pub fn plan(
     kind: ContainerKind,
     image: &ImageInfo,
     node: &NodeContext,
+    data: &ContainerData,
     is_executable: impl Fn(&str) -> bool,
 ) -> Result<UnitSpec, SpecError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -179,9 +221,24 @@ pub fn plan(
     name::validate(&namespace, &pod_name, &c.name)?;
     let spec = pod.spec.as_ref();
     let pod_policy = crate::policy::RestartPolicy::of_pod(spec);
-    let env = resolve_env(pod, c, node)?;
-    let argv = container_argv(c, image, &env)?;
+    let resolved = resolve_env(pod, c, node, &data.pod)?;
+    let argv = container_argv(c, image, &resolved)?;
+    let env = resolved.plain();
+    let secret_env = resolved.secret();
     let executable = resolve_executable(&c.name, argv[0].text(), &env, is_executable)?;
+    let env_file = if secret_env.is_empty() {
+        None
+    } else {
+        Some(data.env_file.clone().ok_or_else(|| {
+            SpecError::config(format!("container {}: no place for env values from Secrets on this node", c.name))
+        })?)
+    };
+    // The hash covers what the unit file says: secret values are not in it (a changed Secret
+    // reaches the container at its next start through the environment file).
+    let mut hashed = env.clone();
+    hashed.extend(secret_env.iter().map(|(k, _)| ("secret".to_owned(), k.clone())));
+    hashed.extend(env_file.iter().map(|f| ("EnvironmentFile".to_owned(), f.clone())));
+    hashed.extend(data.mounts.iter().map(|m| (format!("mount {}", m.read_only), format!("{}:{}", m.source, m.target))));
     let meta = UnitMeta {
         namespace: namespace.clone(),
         pod: pod_name.clone(),
@@ -191,7 +248,7 @@ pub fn plan(
         image: c.image.clone().unwrap_or_default(),
         image_id: image.image_id.clone(),
         restart_policy: pod_policy.for_container(kind).to_string(),
-        spec_hash: spec_hash(c, kind, &executable, &env, image),
+        spec_hash: spec_hash(c, kind, &executable, &hashed, image),
     };
     let unit = UnitSpec {
         name: name::unit_name(&namespace, &pod_name, &c.name),
@@ -204,6 +261,9 @@ pub fn plan(
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
         stdin: c.stdin.unwrap_or(false),
+        secret_env: SecretEnv(secret_env),
+        env_file,
+        mounts: data.mounts.clone(),
     };
     render(&unit)?;
     Ok(unit)
@@ -266,6 +326,20 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     if u.stdin {
         s.push_str(&format!("RuntimeDirectory={}\n", stdin::stdin_dir(&u.name)));
     }
+    // --- Data (issue 12): the env file of secret values, volume mounts. ---
+    if let Some(file) = &u.env_file {
+        let line = escape::env_file_path(file)
+            .and_then(|v| directive("EnvironmentFile", &v))
+            .map_err(|e| bad(format!("the environment file {file:?}"), e))?;
+        s.push_str(&line);
+    }
+    for m in &u.mounts {
+        let key = if m.read_only { "BindReadOnlyPaths" } else { "BindPaths" };
+        let line = escape::bind_paths(&m.source, &m.target)
+            .and_then(|v| directive(key, &v))
+            .map_err(|e| bad(format!("the volume mount at {:?}", m.target), e))?;
+        s.push_str(&line);
+    }
     let log_field = |k: &str, v: &str| {
         escape::log_field(k, v)
             .and_then(|v| directive("LogExtraFields", &v))
@@ -327,14 +401,54 @@ mod tests {
         let mut p = pod();
         let c = container(serde_json::json!({"name": "c", "command": ["/usr/bin/sleep", "a\u{0}b"]}));
         p.spec.as_mut().unwrap().containers = vec![c.clone()];
-        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
         assert_eq!(e.reason, WaitingReason::CreateContainerError);
         assert_eq!(e.message, "container c: the command line (program \"/usr/bin/sleep\") contains a NUL character");
         let c = container(
             serde_json::json!({"name": "c", "command": ["/bin/true"], "env": [{"name": "my.var", "value": "x"}]}),
         );
-        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
         assert!(e.message.starts_with("container c: env \"my.var\" is not a valid environment variable name"), "{e}");
+    }
+
+    #[test]
+    fn secrets_and_volumes_render_without_secret_values() {
+        use crate::unit::data::{Kind, ObjData, ObjKey, ObjState};
+        let mut p = pod();
+        let c = container(serde_json::json!({"name": "c", "command": ["/bin/app", "--pw=$(PW)", "$(A)"], "env": [
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
+            {"name": "A", "value": "a"}]}));
+        p.spec.as_mut().unwrap().containers = vec![c.clone()];
+        let secret = ObjData { data: [("pw".to_owned(), b"t0p s3cret".to_vec())].into(), ..ObjData::default() };
+        let mut data = ContainerData {
+            mounts: vec![BindMount {
+                source: "/run/vks/pods/u-1/volumes/secret/s".into(),
+                target: "/etc/s".into(),
+                read_only: true,
+            }],
+            env_file: Some("/run/vks/pods/u-1/env/c.env".into()),
+            ..ContainerData::default()
+        };
+        data.pod.objects.insert(
+            ObjKey { kind: Kind::Secret, namespace: "ns".into(), name: "s".into() },
+            ObjState::Present(std::sync::Arc::new(secret)),
+        );
+        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &data, |_| true).unwrap();
+        assert_eq!(u.secret_env.0, [("PW".to_owned(), "t0p s3cret".to_owned())]);
+        assert!(!format!("{u:?}").contains("t0p"), "Debug hides secret values");
+        let text = render(&u).unwrap();
+        assert!(!text.contains("t0p"), "{text}");
+        assert!(text.contains("ExecStart=\"@/bin/app\" \"/bin/app\" \"--pw=${PW}\" \"a\"\n"), "{text}");
+        assert!(text.contains("EnvironmentFile=/run/vks/pods/u-1/env/c.env\n"), "{text}");
+        assert!(text.contains("BindReadOnlyPaths=/run/vks/pods/u-1/volumes/secret/s:/etc/s:rbind\n"), "{text}");
+        assert!(text.contains("Environment=\"A=a\"\n") && !text.contains("Environment=\"PW"), "{text}");
+        // A secret as the program is refused.
+        let c2 = container(serde_json::json!({"name": "c", "command": ["$(PW)"], "env": [
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}}]}));
+        let e = plan(&p, &c2, ContainerKind::App, &ImageInfo::default(), &node(), &data, |_| true).unwrap_err();
+        assert!(e.message.contains("command[0] uses a value from a Secret (PW)"), "{e}");
     }
 
     #[test]
@@ -356,7 +470,8 @@ mod tests {
         let mut p = pod();
         p.metadata.name = Some("evil\n[Service]\nUser=root".into());
         let c = container(serde_json::json!({"name": "c", "command": ["/bin/true"]}));
-        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
         assert_eq!(e.reason, WaitingReason::CreateContainerConfigError);
         assert!(e.message.contains(r#"metadata.name "evil\n[Service]\nUser=root" is not a valid name"#), "{e}");
     }

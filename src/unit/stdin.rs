@@ -61,7 +61,16 @@ mod tests {
         let mut p = pod();
         let c = container(serde_json::json!({"name": "c", "command": ["cat", "-u"], "stdin": true}));
         p.spec.as_mut().unwrap().containers = vec![c.clone()];
-        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |e| e == "/usr/bin/cat").unwrap();
+        let u = plan(
+            &p,
+            &c,
+            ContainerKind::App,
+            &ImageInfo::default(),
+            &node(),
+            &crate::unit::ContainerData::default(),
+            |e| e == "/usr/bin/cat",
+        )
+        .unwrap();
         let file = render(&u).unwrap();
         assert!(
             file.contains(
@@ -74,7 +83,16 @@ mod tests {
         assert!(file.contains("RuntimeDirectory=vks-stdin/vks.ns.p.c.service\n"), "{file}");
         assert_eq!(stdin_fifo(&u.name), "/run/vks-stdin/vks.ns.p.c.service/stdin");
         let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"]}));
-        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap();
+        let u = plan(
+            &p,
+            &c,
+            ContainerKind::App,
+            &ImageInfo::default(),
+            &node(),
+            &crate::unit::ContainerData::default(),
+            |_| true,
+        )
+        .unwrap();
         let file = render(&u).unwrap();
         assert!(file.contains("ExecStart=\"@/bin/cat\" \"/bin/cat\"\n") && !file.contains("vks-stdin"), "{file}");
     }

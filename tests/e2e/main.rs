@@ -8,6 +8,8 @@
 // These tests measure real elapsed time against real processes: std's clock is the right one.
 #![allow(clippy::disallowed_methods)]
 
+mod data;
+mod data_volumes;
 mod debs;
 mod exec;
 mod images;

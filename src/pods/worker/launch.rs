@@ -102,8 +102,21 @@ impl Worker {
             return;
         }
         let Some(image) = self.image(i) else { return };
-        let c = &self.ctrs[i];
-        let plan = match unit::plan(&self.pod, &c.spec, c.kind, &image, &self.shared.node, self.shared.is_executable) {
+        let data = match self.container_data(i, &image).await {
+            Ok(d) => d,
+            Err(b) => {
+                if let Some((t, reason, note)) = b.event
+                    && self.ctrs[i].blocked.as_ref().is_none_or(|x| x.message != b.message)
+                {
+                    log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, b.message);
+                    self.event(t, reason, note);
+                }
+                self.block(i, b.reason, b.message, CREATE_RETRY);
+                return;
+            }
+        };
+        let (c, node) = (&self.ctrs[i], &self.shared.node);
+        let plan = match unit::plan(&self.pod, &c.spec, c.kind, &image, node, &data, self.shared.is_executable) {
             Ok(p) => p,
             Err(e) => {
                 if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != e.message) {
@@ -145,6 +158,13 @@ impl Worker {
             {
                 log::warn!("daemon-reload for {unit}: {e}");
             }
+        }
+        // Env values from Secrets: written (again) before every start, never into the unit.
+        if let Some(file) = &plan.env_file
+            && let Err(e) = self.shared.volumes.write_env_file(file, &plan.secret_env.0).await
+        {
+            self.block(i, WaitingReason::CreateContainerError, e, CALL_RETRY);
+            return;
         }
         log::debug!(unit = unit.as_str(); "starting unit {unit}");
         let result = if ran_before { sd.restart(&unit).await } else { sd.start(&unit).await };

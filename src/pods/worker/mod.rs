@@ -13,10 +13,12 @@
 //! with tokio's paused clock (`pods/tests.rs`). The parts:
 //! - `container.rs`: one container's state and the pure decision what to start next;
 //! - `launch.rs`: images, unit files and starts;
+//! - `data.rs`: ConfigMaps, Secrets, tokens, service links and volumes (issue 12);
 //! - `terminate.rs`: graceful deletion;
 //! - `publish.rs`: the status as the API sees it, and the patch.
 
 mod container;
+mod data;
 mod launch;
 mod publish;
 mod terminate;
@@ -67,6 +69,10 @@ pub struct Shared {
     pub node: NodeContext,
     /// Where pod directories live.
     pub pod_dir: std::path::PathBuf,
+    /// The ConfigMaps, Secrets, tokens and Services pods refer to (issue 12).
+    pub objects: Arc<crate::objects::Objects>,
+    /// The pods' volumes and env files on the node (issue 12).
+    pub volumes: Arc<crate::volumes::Volumes>,
     /// API reachability.
     pub health: Arc<ApiHealth>,
     /// Unit name → UID of the pod that owns it; a unit name is used by one pod at a time.
@@ -97,6 +103,8 @@ impl Shared {
             clock,
             is_executable: crate::images::is_executable,
             node,
+            objects: crate::objects::Objects::new(Arc::new(crate::objects::Offline), clock),
+            volumes: Arc::new(crate::volumes::Volumes::new(pod_dir.clone(), pod_dir.join(".run"), Vec::new(), clock)),
             pod_dir,
             health,
             owners: Mutex::default(),
@@ -141,6 +149,8 @@ pub enum Msg {
     Resync,
     /// An image resolution finished for the container at this index.
     Image(usize, Result<ImageInfo, ImageError>),
+    /// A ConfigMap or Secret the pod refers to changed.
+    Data,
 }
 
 /// A unit of this pod found on the node when the worker started.
@@ -201,6 +211,8 @@ pub struct Worker {
     /// Unit interface's signal comes separately): publishing waits for it until this time, then
     /// reads the units once.
     id_wait: Option<(Instant, bool)>,
+    /// ConfigMaps, Secrets, tokens and volumes (`data.rs`).
+    data: data::DataState,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
 }
@@ -275,6 +287,7 @@ impl Worker {
             rejected,
             reported: (None, Vec::new()),
             id_wait: None,
+            data: data::DataState::default(),
             tx: tx.clone(),
             rx,
         };
@@ -317,6 +330,11 @@ impl Worker {
             Msg::Pod(p) => {
                 if p.metadata.uid.as_deref() == Some(self.id.uid.as_str()) {
                     let spec_changed = p.spec != self.pod.spec;
+                    if p.metadata.labels != self.pod.metadata.labels
+                        || p.metadata.annotations != self.pod.metadata.annotations
+                    {
+                        self.data.dirty = true;
+                    }
                     self.pod = *p;
                     if spec_changed {
                         self.update_specs();
@@ -334,8 +352,10 @@ impl Worker {
                 for c in &mut self.ctrs {
                     c.stale = true;
                 }
+                self.data.dirty = true;
             }
             Msg::Image(i, r) => self.image_resolved(i, r),
+            Msg::Data => self.data_changed(),
         }
     }
 
@@ -364,6 +384,7 @@ impl Worker {
         wake.extend(self.status_retry);
         wake.extend(self.first_publish_hold);
         wake.extend(self.id_wait.map(|(at, _)| at));
+        wake.extend(self.data_wake());
         wake.into_iter().min()
     }
 
@@ -411,6 +432,7 @@ impl Worker {
             return self.publish_rejected(reason, message).await;
         }
         if !self.terminal {
+            self.sync_data().await;
             self.start_containers().await;
             self.check_terminal();
         }

@@ -142,12 +142,7 @@ impl Worker {
             }
             let _ = sd.reset_failed(&c.unit).await;
         }
-        let dir = self.shared.pod_dir.join(&self.id.uid);
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            log::warn!("removing pod directory {}: {e}", dir.display());
-        }
+        self.release_data().await;
         for c in &mut self.ctrs {
             c.written = None;
         }
@@ -155,6 +150,7 @@ impl Worker {
     }
 
     pub(super) fn finish(&mut self) -> Flow {
+        self.shared.objects.release(&self.id.uid);
         for c in &self.ctrs {
             self.shared.release(&c.unit, &self.id.uid);
         }
