@@ -17,8 +17,11 @@ pub mod api;
 pub mod backoff;
 pub mod fields;
 pub mod status;
+pub mod termination;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_probes;
 pub mod worker;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -1,6 +1,11 @@
 //! Pure computation of container and pod status, ported from the kubelet (`getPhase` in
 //! pkg/kubelet/kubelet_pods.go, the conditions in pkg/kubelet/status/generate.go) so that
 //! `kubectl get pods`, Jobs and Deployments see what they would see from a kubelet.
+//!
+//! A container is `started` once it runs and its startup probe passed, `ready` once it is
+//! started and its readiness probe passes. The pod's Ready condition also waits for its
+//! `readinessGates`: conditions that others (controllers) set on the pod. vks writes only the
+//! conditions the kubelet owns; the status patch merges conditions by type, so the others' stay.
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
@@ -164,6 +169,10 @@ pub struct ContainerView {
     pub restart_count: i32,
     /// The `systemd://<invocation id>` of the current or last run.
     pub container_id: Option<String>,
+    /// Its startup probe passed (true without one).
+    pub startup_passed: bool,
+    /// Its readiness probe passes (true without one).
+    pub readiness_passes: bool,
 }
 
 impl ContainerView {
@@ -171,12 +180,17 @@ impl ContainerView {
         matches!(self.state, CState::Running { .. })
     }
 
-    /// Ready: running for app containers and sidecars (no probes yet); completed with 0 for
-    /// init containers.
+    /// Started: running, and its startup probe passed.
+    pub fn started(&self) -> bool {
+        self.running() && self.startup_passed
+    }
+
+    /// Ready: for app containers and sidecars, started and passing its readiness probe;
+    /// completed with 0 for init containers.
     pub fn ready(&self) -> bool {
         match self.kind {
             ContainerKind::Init => matches!(&self.state, CState::Terminated(t) if t.exit_code == 0),
-            _ => self.running(),
+            _ => self.started() && self.readiness_passes,
         }
     }
 
@@ -187,7 +201,7 @@ impl ContainerView {
             image_id: self.image_id.clone(),
             container_id: self.container_id.clone(),
             ready: self.ready(),
-            started: Some(self.running()),
+            started: Some(self.started()),
             restart_count: self.restart_count,
             state: Some(self.state.to_api()),
             last_state: Some(
@@ -308,13 +322,15 @@ pub struct PodFacts<'a> {
     pub terminal: bool,
     /// The time to stamp new condition transitions with.
     pub now: Timestamp,
+    /// vks failed the pod (reason, message), e.g. `DeadlineExceeded`: its phase is Failed.
+    pub failed: Option<(&'a str, &'a str)>,
 }
 
 /// The full pod status: phase, conditions, container statuses, IPs, start time, QoS class.
 pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
     let spec = f.pod.spec.as_ref();
     let policy = RestartPolicy::of_pod(spec);
-    let phase = phase(policy, containers, f.terminal);
+    let phase = if f.failed.is_some() { "Failed" } else { phase(policy, containers, f.terminal) };
     let old = f.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
 
     let init_incomplete: Vec<&str> = containers
@@ -349,10 +365,16 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
                 condition("Ready", false, Some(reason), None, &old, f.now),
             )
         }
-        _ if unready.is_empty() => (
-            condition("ContainersReady", true, None, None, &old, f.now),
-            condition("Ready", true, None, None, &old, f.now),
-        ),
+        _ if unready.is_empty() => {
+            let gates =
+                unready_gates(spec.map(|s| s.readiness_gates.as_deref().unwrap_or_default()).unwrap_or_default(), &old);
+            let ready = if gates.is_empty() {
+                condition("Ready", true, None, None, &old, f.now)
+            } else {
+                condition("Ready", false, Some("ReadinessGatesNotReady"), Some(gates.join(", ")), &old, f.now)
+            };
+            (condition("ContainersReady", true, None, None, &old, f.now), ready)
+        }
         _ => {
             let msg = format!("containers with unready status: {}", names(&unready));
             (
@@ -373,6 +395,8 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         containers.iter().partition(|c| c.kind != ContainerKind::App);
     PodStatus {
         phase: Some(phase.to_owned()),
+        reason: f.failed.map(|(r, _)| r.to_owned()),
+        message: f.failed.map(|(_, m)| m.to_owned()),
         conditions: Some(conditions),
         host_ip: Some(f.node_ip.to_owned()),
         host_ips: Some(vec![HostIP { ip: f.node_ip.to_owned() }]),
@@ -384,6 +408,27 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         container_statuses: Some(app.iter().map(|c| c.api()).collect()),
         ..PodStatus::default()
     }
+}
+
+/// Why the readiness gates of a pod hold its Ready condition back (the kubelet's messages), from
+/// the conditions the pod has now; empty when every gate's condition is True.
+pub fn unready_gates(
+    gates: &[k8s_openapi::api::core::v1::PodReadinessGate],
+    conditions: &[PodCondition],
+) -> Vec<String> {
+    gates
+        .iter()
+        .filter_map(|g| match conditions.iter().find(|c| c.type_ == g.condition_type) {
+            None => {
+                Some(format!("corresponding condition of pod readiness gate {:?} does not exist.", g.condition_type))
+            }
+            Some(c) if c.status != "True" => Some(format!(
+                "the status of pod readiness gate {:?} is not \"True\", but {}",
+                g.condition_type, c.status
+            )),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 /// The pod's QoS class (k8s.io/kubernetes pkg/apis/core/helper/qos): Guaranteed when every
@@ -434,6 +479,8 @@ mod tests {
             last_state: None,
             restart_count: 0,
             container_id: None,
+            startup_passed: true,
+            readiness_passes: true,
         }
     }
 
@@ -546,7 +593,7 @@ mod tests {
         let p =
             pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let f = PodFacts { pod: &p, node_ip: "10.0.0.5", start_time: now, terminal: false, now };
+        let f = PodFacts { pod: &p, node_ip: "10.0.0.5", start_time: now, terminal: false, now, failed: None };
         let s = pod_status(&f, &[view("i", Init, exited(0)), view("a", App, running()), view("b", App, creating())]);
         assert_eq!(s.phase.as_deref(), Some("Pending"));
         let cond = |t: &str| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap().clone();
@@ -569,6 +616,63 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Succeeded"));
         let c = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(c.reason.as_deref(), Some("PodCompleted"));
+    }
+
+    #[test]
+    fn probes_decide_started_and_ready_and_readiness_gates_hold_ready_back() {
+        use ContainerKind::*;
+        let with = |cond: serde_json::Value| {
+            pod(serde_json::json!({"metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "a"}], "readinessGates": [{"conditionType": "example.com/lb"}]},
+                "status": {"conditions": cond}}))
+        };
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let status = |p: &Pod, a: &ContainerView| {
+            let f = PodFacts { pod: p, node_ip: "10.0.0.5", start_time: now, terminal: false, now, failed: None };
+            pod_status(&f, std::slice::from_ref(a))
+        };
+        let cond = |s: &PodStatus, t: &str| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).cloned();
+        let p = with(serde_json::json!([{"type": "example.com/lb", "status": "False"}]));
+        let mut a = view("a", App, running());
+        a.startup_passed = false;
+        let s = status(&p, &a);
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert_eq!((cs.started, cs.ready), (Some(false), false));
+        a.startup_passed = true;
+        a.readiness_passes = false;
+        let s = status(&p, &a);
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert_eq!((cs.started, cs.ready), (Some(true), false));
+        assert_eq!(cond(&s, "Ready").unwrap().reason.as_deref(), Some("ContainersNotReady"));
+        a.readiness_passes = true;
+        let s = status(&p, &a);
+        assert_eq!(cond(&s, "ContainersReady").unwrap().status, "True");
+        let ready = cond(&s, "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("ReadinessGatesNotReady")));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("the status of pod readiness gate \"example.com/lb\" is not \"True\", but False")
+        );
+        // vks writes only the kubelet's conditions; the gate's stays as its owner set it.
+        assert!(cond(&s, "example.com/lb").is_none());
+        let s = status(&with(serde_json::json!([])), &a);
+        assert_eq!(
+            cond(&s, "Ready").unwrap().message.as_deref(),
+            Some("corresponding condition of pod readiness gate \"example.com/lb\" does not exist.")
+        );
+        let s = status(&with(serde_json::json!([{"type": "example.com/lb", "status": "True"}])), &a);
+        assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+        let f = PodFacts {
+            pod: &p,
+            node_ip: "10.0.0.5",
+            start_time: now,
+            terminal: true,
+            now,
+            failed: Some(("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")),
+        };
+        let s = pod_status(&f, &[view("a", App, running())]);
+        assert_eq!((s.phase.as_deref(), s.reason.as_deref()), (Some("Failed"), Some("DeadlineExceeded")));
+        assert_eq!(cond(&s, "Ready").unwrap().reason.as_deref(), Some("PodFailed"));
     }
 
     #[test]

@@ -221,6 +221,21 @@ pub fn working_directory(p: &str) -> Result<String, Unrepresentable> {
     Ok(out)
 }
 
+/// One `BindPaths=`/`BindReadOnlyPaths=` entry `source:dest`, both normalized absolute paths.
+/// systemd splits the value at blanks and colons, unquotes it and expands specifiers; vks writes
+/// only paths that need none of that (letters, digits and `/._-+@,=~`) and refuses others.
+pub fn bind_path(source: &str, dest: &str) -> Result<String, Unrepresentable> {
+    let mut parts = Vec::with_capacity(2);
+    for p in [source, dest] {
+        let n = normalize_path(p)?;
+        if n.chars().any(|c| !(c.is_ascii_alphanumeric() || "/._-+@,=~".contains(c))) {
+            return Err(Unrepresentable::Special("a character other than letters, digits and /._-+@,=~"));
+        }
+        parts.push(n);
+    }
+    Ok(parts.join(":"))
+}
+
 /// A plain text value (`Description=`, `SyslogIdentifier=`): written raw, so it must be one line
 /// without control characters, blanks at its ends or a trailing backslash; `%` is doubled.
 pub fn text(s: &str) -> Result<String, Unrepresentable> {

@@ -110,6 +110,37 @@ pub struct UnitSpec {
     pub working_dir: Option<String>,
     /// Seconds systemd waits after SIGTERM before SIGKILL when it stops the unit itself.
     pub stop_timeout_secs: i64,
+    /// The signal that stops the container (`KillSignal=`): `lifecycle.stopSignal`, SIGTERM by
+    /// default.
+    pub kill_signal: String,
+    /// Host paths bound into the container's view (`BindPaths=`, `BindReadOnlyPaths=`); added by
+    /// the pod worker (the termination message file, a pod's hosts file).
+    pub binds: Vec<Bind>,
+}
+
+/// A host path bound into a container's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The host path.
+    pub source: String,
+    /// Where the container sees it.
+    pub dest: String,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// The signal that stops container `c`: its `lifecycle.stopSignal` (a standard signal; realtime
+/// signals are refused), SIGTERM by default.
+pub fn stop_signal(c: &Container) -> Result<nix::sys::signal::Signal, SpecError> {
+    match c.lifecycle.as_ref().and_then(|l| l.stop_signal.as_deref()) {
+        None => Ok(nix::sys::signal::Signal::SIGTERM),
+        Some(s) => s.parse().map_err(|_| {
+            SpecError::config(format!(
+                "container {}: lifecycle.stopSignal {s:?} is not supported by vks (only standard signals, no realtime ones)",
+                c.name
+            ))
+        }),
+    }
 }
 
 /// The containers of a pod in the order they are started, with their role: init containers
@@ -198,6 +229,8 @@ pub fn plan(
         env,
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
+        kill_signal: stop_signal(c)?.as_str().to_owned(),
+        binds: Vec::new(),
     };
     render(&unit)?;
     Ok(unit)
@@ -257,6 +290,19 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
             .map_err(|e| bad(format!("env {k:?}"), e))?;
         s.push_str(&line);
     }
+    for b in &u.binds {
+        let key = if b.read_only { "BindReadOnlyPaths" } else { "BindPaths" };
+        let line = escape::bind_path(&b.source, &b.dest)
+            .and_then(|v| directive(key, &v))
+            .map_err(|e| bad(format!("the path {:?} (bound from {:?})", b.dest, b.source), e))?;
+        s.push_str(&line);
+    }
+    if !u.kill_signal.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+        return Err(bad(
+            format!("the stop signal {:?}", u.kill_signal),
+            Unrepresentable::Special("a character not in a signal name"),
+        ));
+    }
     let log_field = |k: &str, v: &str| {
         escape::log_field(k, v)
             .and_then(|v| directive("LogExtraFields", &v))
@@ -266,7 +312,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         "RemainAfterExit=yes\n\
          Restart=no\n\
          KillMode=mixed\n\
-         KillSignal=SIGTERM\n\
+         KillSignal={kill_signal}\n\
          SendSIGKILL=yes\n\
          TimeoutStopSec={stop}s\n\
          StandardInput=null\n\
@@ -280,6 +326,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
          TasksAccounting=yes\n\
          \n",
         stop = u.stop_timeout_secs,
+        kill_signal = u.kill_signal,
         ident = text(c)?,
         uid = log_field("VKS_POD_UID", &m.pod_uid)?,
         container = log_field("VKS_CONTAINER", c)?,
@@ -326,6 +373,41 @@ mod tests {
         );
         let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
         assert!(e.message.starts_with("container c: env \"my.var\" is not a valid environment variable name"), "{e}");
+    }
+
+    #[test]
+    fn stop_signals_and_binds_are_rendered() {
+        let p = pod();
+        let c = container(
+            serde_json::json!({"name": "c", "command": ["/bin/true"], "lifecycle": {"stopSignal": "SIGUSR1"}}),
+        );
+        let mut u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap();
+        u.binds.push(Bind {
+            source: "/var/lib/vks/pods/u-1/containers/c/termination-log".into(),
+            dest: "/dev/termination-log".into(),
+            read_only: false,
+        });
+        u.binds.push(Bind {
+            source: "/var/lib/vks/pods/u-1/etc-hosts".into(),
+            dest: "/etc/hosts".into(),
+            read_only: true,
+        });
+        let text = render(&u).unwrap();
+        assert!(text.contains("KillSignal=SIGUSR1\n"), "{text}");
+        assert!(
+            text.contains("BindPaths=/var/lib/vks/pods/u-1/containers/c/termination-log:/dev/termination-log\n"),
+            "{text}"
+        );
+        assert!(text.contains("BindReadOnlyPaths=/var/lib/vks/pods/u-1/etc-hosts:/etc/hosts\n"), "{text}");
+        u.binds[0].dest = "/dev/my log".into();
+        let e = render(&u).unwrap_err();
+        assert!(e.message.starts_with("container c: the path \"/dev/my log\""), "{e}");
+        let c = container(
+            serde_json::json!({"name": "c", "command": ["/bin/true"], "lifecycle": {"stopSignal": "SIGRTMIN+1"}}),
+        );
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        assert_eq!(e.reason, WaitingReason::CreateContainerConfigError);
+        assert!(e.message.contains("lifecycle.stopSignal \"SIGRTMIN+1\" is not supported"), "{e}");
     }
 
     #[test]

@@ -13,12 +13,19 @@
 //! with tokio's paused clock (`pods/tests.rs`). The parts:
 //! - `container.rs`: one container's state and the pure decision what to start next;
 //! - `launch.rs`: images, unit files and starts;
-//! - `terminate.rs`: graceful deletion;
+//! - `terminate.rs`: graceful deletion (and the stop at `activeDeadlineSeconds`);
+//! - `stop.rs`: stopping one container (preStop hook, stop signal, SIGKILL after the grace period);
+//! - `probe.rs`: liveness, readiness and startup probes;
+//! - `hooks.rs`: postStart hooks;
 //! - `publish.rs`: the status as the API sees it, and the patch.
 
 mod container;
+mod deadline;
+mod hooks;
 mod launch;
+mod probe;
 mod publish;
+mod stop;
 mod terminate;
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::container::{Ctr, ImageState};
 pub use self::container::{Next, launches, next};
+pub use self::hooks::HookDone;
+pub use self::probe::ProbeDone;
 use super::api::PodApi;
 use super::backoff::CrashBackoff;
 
@@ -69,6 +78,10 @@ pub struct Shared {
     pub pod_dir: std::path::PathBuf,
     /// API reachability.
     pub health: Arc<ApiHealth>,
+    /// Runs probes and lifecycle hooks.
+    pub prober: Arc<dyn crate::probes::Prober>,
+    /// The tail of a container's log (for `FallbackToLogsOnError`).
+    pub logs: Arc<dyn super::termination::LogTail>,
     /// Unit name → UID of the pod that owns it; a unit name is used by one pod at a time.
     owners: Mutex<HashMap<String, String>>,
     /// Unit names whose pod was removed: systemd may still have them loaded, so a new unit file
@@ -77,7 +90,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared world of the workers; the systemd, images, API and events are given.
+    /// The shared world of the workers; the systemd, images, API and events are given. Probes
+    /// and hooks run with [`crate::probes::NodeProber`] (exec through `systemd-run`), logs come
+    /// from the journal; both fields may be replaced (tests use fakes).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         api: Arc<dyn PodApi>,
@@ -89,6 +104,14 @@ impl Shared {
         pod_dir: std::path::PathBuf,
         health: Arc<ApiHealth>,
     ) -> Shared {
+        let exec = Arc::new(crate::systemd::run::SystemdRun::new(systemd.clone(), crate::systemd::UNIT_DIR.as_ref()));
+        let prober: Arc<dyn crate::probes::Prober> = match crate::probes::NodeProber::new(exec) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                log::error!("cannot set up the HTTP client of probes ({e}); probes will fail");
+                Arc::new(crate::probes::fake::FakeProber::default())
+            }
+        };
         Shared {
             api,
             events,
@@ -99,6 +122,8 @@ impl Shared {
             node,
             pod_dir,
             health,
+            prober,
+            logs: Arc::new(super::termination::JournalTail),
             owners: Mutex::default(),
             released: Mutex::default(),
         }
@@ -141,6 +166,10 @@ pub enum Msg {
     Resync,
     /// An image resolution finished for the container at this index.
     Image(usize, Result<ImageInfo, ImageError>),
+    /// A probe run ended.
+    Probe(Box<ProbeDone>),
+    /// A lifecycle hook ended.
+    Hook(Box<HookDone>),
 }
 
 /// A unit of this pod found on the node when the worker started.
@@ -195,6 +224,8 @@ pub struct Worker {
     first_publish_hold: Option<Instant>,
     /// Why the pod was rejected at admission (reason, message): it never runs here.
     rejected: Option<(&'static str, String)>,
+    /// The pod ran longer than its `activeDeadlineSeconds`: it stops and fails.
+    deadline_exceeded: bool,
     /// A run is known from the Service interface's signal but not yet its InvocationID (the
     /// Unit interface's signal comes separately): publishing waits for it until this time, then
     /// reads the units once.
@@ -230,6 +261,7 @@ impl Worker {
             let unit = unit::name::unit_name(&id.namespace, &id.name, &c.name);
             let adopted_meta = adopted.iter().find(|a| a.unit == unit).map(|a| &a.meta);
             let mut ctr = Ctr::new(c.clone(), kind, pod_policy.for_container(kind), unit, prev, adopted_meta, now);
+            ctr.probes = crate::probes::ProbeSpec::of_container(c).into_iter().map(probe::ProbeState::new).collect();
             if ctr.written.is_some() {
                 let _ = shared.claim(&ctr.unit, &id.uid);
             }
@@ -271,6 +303,7 @@ impl Worker {
             status_retry: None,
             first_publish_hold,
             rejected,
+            deadline_exceeded: false,
             id_wait: None,
             tx: tx.clone(),
             rx,
@@ -332,6 +365,8 @@ impl Worker {
                 }
             }
             Msg::Image(i, r) => self.image_resolved(i, r),
+            Msg::Probe(d) => self.probe_done(*d),
+            Msg::Hook(d) => self.hook_done(*d),
         }
     }
 
@@ -357,6 +392,9 @@ impl Worker {
             wake.extend(c.image.wake());
         }
         wake.extend(self.deletion.as_ref().map(|d| d.deadline));
+        wake.extend(self.probe_wakes());
+        wake.extend(self.ctrs.iter().filter_map(|c| c.stopping.as_ref().map(|s| s.wake())));
+        wake.extend(self.active_deadline().filter(|_| !self.terminal).map(|at| clock.instant_at(at)));
         wake.extend(self.status_retry);
         wake.extend(self.first_publish_hold);
         wake.extend(self.id_wait.map(|(at, _)| at));
@@ -399,8 +437,12 @@ impl Worker {
     async fn round(&mut self) -> Flow {
         self.refresh().await;
         self.handle_exits().await;
+        self.sync_hooks();
+        self.sync_probes();
+        self.drive_stops().await;
+        self.check_active_deadline();
         let deleting = self.api_gone || self.pod.metadata.deletion_timestamp.is_some();
-        if deleting {
+        if deleting || self.deadline_exceeded {
             return self.terminate().await;
         }
         if let Some((reason, message)) = self.rejected.clone() {
@@ -433,8 +475,29 @@ impl Worker {
             // A container is its main process: once it exits, nothing of it may keep running.
             let _ =
                 self.shared.systemd.kill(&unit, crate::systemd::KillWhom::All, crate::systemd::Signal::SIGKILL).await;
-            let restart = !deleting && !self.terminal && c.policy.restarts_after(t.exit_code);
+            // vks stopped it for a failed probe or hook: it runs again unless its policy is Never.
+            let stopped = self.ctrs[i].stopping.take().filter(|s| s.run == run_key.0);
+            if let Some(h) = stopped.as_ref().and_then(|s| s.pre_stop.as_ref()) {
+                h.abort();
+            }
+            let c = &self.ctrs[i];
+            let restart = !deleting
+                && !self.terminal
+                && match stopped.map(|s| s.why).filter(|w| w.restarts()) {
+                    Some(_) => c.policy != RestartPolicy::Never,
+                    None => c.policy.restarts_after(t.exit_code),
+                };
+            let mut t = t;
+            let file = super::termination::message_file(&self.shared.pod_dir, &self.id.uid, &c.spec.name);
+            let invocation = c.unit_status.as_ref().map(|s| s.invocation_id.clone()).unwrap_or_default();
+            let message =
+                super::termination::read_message(&file, &c.spec, t.exit_code, &invocation, self.shared.logs.as_ref())
+                    .await;
             let c = &mut self.ctrs[i];
+            if let Some(m) = message {
+                c.message = Some((run_key.0, m.clone()));
+                t.message = Some(m);
+            }
             c.handled_exit = Some(run_key);
             c.observed_exit = Some(t.clone());
             if restart {
