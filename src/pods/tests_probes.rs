@@ -387,3 +387,26 @@ async fn ready_waits_for_the_readiness_gates() {
     w.until("Ready", |w| ready(w, "r1")).await;
     w.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_counts_as_started_once_its_startup_probe_passed() {
+    let w = World::start().await;
+    w.prober.set("side-up", Script::fail("not yet"));
+    let p = pod(
+        "side",
+        "c1",
+        serde_json::json!({
+            "initContainers": [{"name": "proxy", "image": "/bin/proxy", "restartPolicy": "Always",
+                "startupProbe": {"exec": exec("side-up"), "periodSeconds": 1, "failureThreshold": 60}}],
+            "containers": [{"name": "app", "image": "/bin/app"}]}),
+    );
+    w.apply(&p);
+    w.until("the sidecar runs", |w| w.running(&unit("side", "proxy"))).await;
+    w.run_for(Duration::from_secs(5)).await;
+    assert!(w.starts(&unit("side", "app")).is_empty(), "the app waits for the sidecar's startup probe");
+    w.prober.set("side-up", Script::pass());
+    w.until("the app runs", |w| w.running(&unit("side", "app"))).await;
+    let passed = *w.prober.times("side-up", start()).last().unwrap();
+    assert_eq!(w.starts(&unit("side", "app")), [passed]);
+    w.stop().await;
+}

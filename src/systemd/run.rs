@@ -62,18 +62,22 @@ fn keep(buf: &mut Vec<u8>, data: &[u8]) {
 }
 
 impl SystemdRun {
-    /// Runs commands through `systemd`, writing drop-ins into `unit_dir`; removes the drop-ins
-    /// an earlier vks left behind.
+    /// Runs commands through `systemd`, writing drop-ins into `unit_dir`.
     pub fn new(systemd: Arc<dyn Systemd>, unit_dir: &Path) -> SystemdRun {
-        if let Ok(dir) = std::fs::read_dir(unit_dir) {
-            for e in dir.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(PREFIX) && name.ends_with(".service.d") {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+        SystemdRun { systemd, unit_dir: unit_dir.to_owned(), next: AtomicU64::new(1) }
+    }
+
+    /// Removes the drop-ins an earlier vks left behind (it stopped while a command ran; the
+    /// command's unit itself was collected by systemd). Called once at start-up.
+    pub fn sweep(unit_dir: &Path) {
+        let Ok(dir) = std::fs::read_dir(unit_dir) else { return };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(PREFIX) && name.ends_with(".service.d") {
+                log::info!("removing {name}, left by an earlier vks");
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        SystemdRun { systemd, unit_dir: unit_dir.to_owned(), next: AtomicU64::new(1) }
     }
 
     async fn run(

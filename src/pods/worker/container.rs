@@ -226,7 +226,13 @@ impl Ctr {
     /// What should happen to this container now.
     pub(super) fn next(&self, now: SystemTime) -> Next {
         match next(&self.run(), self.policy, self.restart_at, now) {
-            Next::Running if self.post_start_pending() => Next::Starting,
+            // A sidecar counts as started once its startup probe passed (the kubelet starts the
+            // next container only then).
+            Next::Running
+                if self.post_start_pending() || (self.kind == ContainerKind::Sidecar && !self.startup_passed()) =>
+            {
+                Next::Starting
+            }
             n => n,
         }
     }
@@ -237,7 +243,8 @@ impl Ctr {
 pub enum Next {
     /// Its process runs.
     Running,
-    /// Its process runs, but its postStart hook has not finished: it counts as not started yet.
+    /// Its process runs, but its postStart hook has not finished (or, for a sidecar, its startup
+    /// probe has not passed): it counts as not started yet.
     Starting,
     /// It exited with 0 and will not run again.
     Succeeded,
