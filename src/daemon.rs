@@ -347,6 +347,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     tasks.spawn("watchdog", notify::watchdog(beats.clone(), cancel.clone()));
 
+    crate::systemd::run::SystemdRun::sweep(crate::systemd::UNIT_DIR.as_ref());
     let (events, event_task) = crate::events::EventSink::new(client.clone(), &id.name, cancel.clone());
     tasks.spawn("events", event_task);
     let mut shared = Shared::new(

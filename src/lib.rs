@@ -9,6 +9,7 @@
 //!   join tokens; [`pki`]: certificates and keys; [`tunnel`]: the k3s agent tunnel.
 //! - [`node`]: the Node object, its status and Lease.
 //! - [`pods`]: the pods bound to this node, one worker per pod driving its units.
+//! - [`probes`]: liveness, readiness and startup probes and lifecycle hooks (how one is run).
 //! - [`images`]: what an image names on the host.
 //! - [`host`]: facts about the machine (capacity, usage, identity, addresses).
 //! - [`systemd`]: the boundary to systemd (trait, D-Bus implementation, fake).
@@ -42,6 +43,7 @@ pub mod objects;
 pub mod pki;
 pub mod pods;
 pub mod policy;
+pub mod probes;
 pub mod quantity;
 pub mod reason;
 pub mod shutdown;

@@ -40,7 +40,11 @@ use Treatment::{Honoured, Ignored, Refused};
 
 /// `PodSpec`'s fields.
 pub const POD_FIELDS: &[Field] = &[
-    f("activeDeadlineSeconds", Refused, "not enforced yet"),
+    f(
+        "activeDeadlineSeconds",
+        Honoured,
+        "counted from `status.startTime` (also after an update): the pod's containers are stopped and it fails with DeadlineExceeded",
+    ),
     f("affinity", Ignored, "for the scheduler"),
     f(
         "automountServiceAccountToken",
@@ -57,7 +61,11 @@ pub const POD_FIELDS: &[Field] = &[
     ),
     f("ephemeralContainers", Ignored, "not run yet (Warning event)"),
     f("evictionResponders", Ignored, "no eviction on vks nodes"),
-    f("hostAliases", Refused, "pods use the node's /etc/hosts"),
+    f(
+        "hostAliases",
+        Honoured,
+        "the node's /etc/hosts plus the aliases, bound read-only at /etc/hosts in the pod's containers",
+    ),
     f("hostIPC", Ignored, "every pod shares the node's IPC namespace"),
     f("hostNetwork", Ignored, "every pod uses the node's network"),
     f("hostPID", Ignored, "every pod shares the node's PID namespace"),
@@ -73,7 +81,7 @@ pub const POD_FIELDS: &[Field] = &[
     f("preemptionPolicy", Ignored, "for the scheduler"),
     f("priority", Ignored, "for the scheduler"),
     f("priorityClassName", Ignored, "for the scheduler"),
-    f("readinessGates", Refused, "not evaluated yet"),
+    f("readinessGates", Honoured, "Ready waits until the gates' conditions (set by others, kept) are True"),
     f("resourceClaims", Refused, "no dynamic resource allocation"),
     f("resources", Refused, "pod-level resources are not applied yet"),
     f("restartPolicy", Honoured, "with the kubelet's back-off"),
@@ -109,11 +117,19 @@ pub const CONTAINER_FIELDS: &[Field] = &[
     f("envFrom", Honoured, "ConfigMaps and Secrets with prefix; invalid keys skipped (Warning event)"),
     f("image", Honoured, "a Debian package, an absolute path or a .deb URL"),
     f("imagePullPolicy", Honoured, "as the kubelet's"),
-    f("lifecycle", Refused, "hooks are not run yet"),
-    f("livenessProbe", Refused, "probes are not run yet"),
+    f(
+        "lifecycle",
+        Honoured,
+        "postStart and preStop: exec (in the container's context), httpGet, sleep; stopSignal as KillSignal= (no realtime signals)",
+    ),
+    f(
+        "livenessProbe",
+        Honoured,
+        "exec (in the container's context), httpGet, tcpSocket, grpc (Plaintext); a failure restarts the container",
+    ),
     f("name", Honoured, "part of the unit name"),
     f("ports", Honoured, "informational: the port is the node's"),
-    f("readinessProbe", Refused, "probes are not run yet"),
+    f("readinessProbe", Honoured, "as livenessProbe; drives the container's `ready` and the pod's Ready"),
     f("resizePolicy", Ignored, "resources are not applied yet"),
     f(
         "resources",
@@ -123,11 +139,11 @@ pub const CONTAINER_FIELDS: &[Field] = &[
     f("restartPolicy", Honoured, "`Always` on an init container makes it a sidecar"),
     f("restartPolicyRules", Refused, "not supported yet"),
     f("securityContext", Refused, "any field set: not applied yet"),
-    f("startupProbe", Refused, "probes are not run yet"),
+    f("startupProbe", Honoured, "as livenessProbe; holds the other probes back until it passes"),
     f("stdin", Refused, "true: attach is not supported yet"),
     f("stdinOnce", Ignored, "only with stdin"),
-    f("terminationMessagePath", Ignored, "no termination message yet (Warning event when not the default)"),
-    f("terminationMessagePolicy", Ignored, "no termination message yet (Warning event when not the default)"),
+    f("terminationMessagePath", Honoured, "a per-container file bound at this path; its last 4 KiB are the message"),
+    f("terminationMessagePolicy", Honoured, "FallbackToLogsOnError takes the last 80 lines (2 KiB) from the journal"),
     f("tty", Refused, "true: attach is not supported yet"),
     f("volumeDevices", Refused, "no block devices"),
     f(
@@ -215,20 +231,11 @@ pub fn admission(pod: &Pod) -> Option<(&'static str, String)> {
 /// Why pod-level fields stop every container of the pod, if they do.
 fn pod_refusal(spec: &PodSpec) -> Option<String> {
     let mut why: Vec<String> = Vec::new();
-    if spec.active_deadline_seconds.is_some() {
-        why.push("activeDeadlineSeconds is not enforced by vks yet".into());
-    }
     if spec.dns_config.is_some() || spec.dns_policy.as_deref() == Some("None") {
         why.push("dnsConfig (dnsPolicy None) is not supported: pods use the node's resolver".into());
     }
-    if spec.host_aliases.as_ref().is_some_and(|a| !a.is_empty()) {
-        why.push("hostAliases is not supported: pods use the node's /etc/hosts".into());
-    }
     if spec.host_users == Some(false) {
         why.push("hostUsers: false (user namespaces) is not supported by vks".into());
-    }
-    if spec.readiness_gates.as_ref().is_some_and(|g| !g.is_empty()) {
-        why.push("readinessGates are not evaluated by vks yet".into());
     }
     if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
         why.push("resourceClaims are not supported by vks".into());
@@ -262,18 +269,7 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
             why.push(format!("env {}: fileKeyRef is not supported by vks yet", e.name));
         }
     }
-    if c.lifecycle.as_ref().is_some_and(|l| !set_keys(l).is_empty()) {
-        why.push("lifecycle hooks are not run by vks yet".into());
-    }
-    for (name, set) in [
-        ("livenessProbe", c.liveness_probe.is_some()),
-        ("readinessProbe", c.readiness_probe.is_some()),
-        ("startupProbe", c.startup_probe.is_some()),
-    ] {
-        if set {
-            why.push(format!("{name} is not run by vks yet"));
-        }
-    }
+    why.extend(crate::probes::spec::unsupported(c));
     if c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some_and(|l| !l.is_empty()) {
         why.push("resources.limits are not applied by vks yet".into());
     }
@@ -336,14 +332,6 @@ pub fn warnings(pod: &Pod) -> Vec<String> {
     for c in unit_containers(spec) {
         if c.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some_and(|r| !r.is_empty()) {
             out.push(format!("container {}: resources.requests are used by the scheduler only; vks does not reserve or weight them yet", c.name));
-        }
-        let path = c.termination_message_path.as_deref().unwrap_or("/dev/termination-log");
-        let policy = c.termination_message_policy.as_deref().unwrap_or("File");
-        if path != "/dev/termination-log" || policy != "File" {
-            out.push(format!(
-                "container {}: terminationMessagePath/Policy: vks records no termination message yet",
-                c.name
-            ));
         }
     }
     out
@@ -476,14 +464,14 @@ mod tests {
     #[test]
     fn refused_fields_are_named() {
         let p = pod(serde_json::json!({"containers": [{"name": "c", "image": "x",
-            "livenessProbe": {"exec": {"command": ["true"]}},
+            "livenessProbe": {"grpc": {"port": 9090, "mode": "TLS"}},
             "securityContext": {"runAsUser": 1000},
             "resources": {"limits": {"memory": "256Mi"}}}]}));
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
             refusal(&p, c).unwrap(),
-            "container c: field livenessProbe is not run by vks yet; resources.limits are not applied by vks yet; \
-             securityContext (runAsUser) is not applied by vks yet"
+            "container c: field livenessProbe.grpc.mode \"TLS\" is not supported by vks (only Plaintext); \
+             resources.limits are not applied by vks yet; securityContext (runAsUser) is not applied by vks yet"
         );
         let p = pod(serde_json::json!({"securityContext": {"runAsNonRoot": true}, "volumes": [
                 {"name": "data", "emptyDir": {}},

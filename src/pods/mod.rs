@@ -19,8 +19,11 @@ pub mod backoff;
 pub mod data;
 pub mod fields;
 pub mod status;
+pub mod termination;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_probes;
 pub mod worker;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -59,25 +59,29 @@ impl Images for FakeImages {
 type PodTx = mpsc::UnboundedSender<Result<Event<Pod>, watcher::Error>>;
 
 /// A pod manager running against fakes.
-struct World {
-    systemd: Arc<FakeSystemd>,
+pub(super) struct World {
+    pub systemd: Arc<FakeSystemd>,
     /// ConfigMaps, Secrets, tokens (issue 12).
     objects: Arc<crate::objects::fake::FakeObjects>,
     /// The pod directories (`pods/`, `run/`).
     dirs: tempfile::TempDir,
-    api: Arc<FakePodApi>,
-    events: Arc<FakeRecorder>,
+    pub api: Arc<FakePodApi>,
+    pub events: Arc<FakeRecorder>,
     images: Arc<FakeImages>,
-    clock: Clock,
+    pub prober: Arc<crate::probes::fake::FakeProber>,
+    pub logs: Arc<super::termination::FakeLogs>,
+    pub clock: Clock,
+    /// The pod directory (a fresh one per world).
+    pub pod_dir: tempfile::TempDir,
     pods: PodTx,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-const START: u64 = 1_800_000_000;
+pub(super) const START: u64 = 1_800_000_000;
 
 impl World {
-    async fn start() -> World {
+    pub(super) async fn start() -> World {
         World::start_with(Arc::new(FakeSystemd::with_clock(World::clock())), &[]).await
     }
 
@@ -97,6 +101,9 @@ impl World {
         let api = Arc::new(FakePodApi::default());
         let events = Arc::new(FakeRecorder::default());
         let images = Arc::new(FakeImages { clock, ..FakeImages::default() });
+        let prober = Arc::new(crate::probes::fake::FakeProber::new(clock));
+        let logs = Arc::new(super::termination::FakeLogs::default());
+        let pod_dir = tempfile::tempdir().unwrap();
         let mut shared = Shared::new(
             api.clone(),
             events.clone(),
@@ -104,7 +111,7 @@ impl World {
             images.clone(),
             clock,
             NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() },
-            std::env::temp_dir().join(format!("vks-pods-test-{}", std::process::id())),
+            pod_dir.path().to_owned(),
             Arc::new(ApiHealth::default()),
         );
         shared.is_executable = |_| true;
@@ -122,6 +129,8 @@ impl World {
             std::fs::create_dir_all(dirs.path().join("pods").join(uid).join("volumes")).unwrap();
             std::fs::create_dir_all(dirs.path().join("run").join(uid).join("env")).unwrap();
         }
+        shared.prober = prober.clone();
+        shared.logs = logs.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let manager = PodManager::new(Arc::new(shared), cancel.clone(), Default::default());
@@ -133,20 +142,20 @@ impl World {
             tx.send(Ok(Event::InitApply(p.clone()))).unwrap();
         }
         tx.send(Ok(Event::InitDone)).unwrap();
-        World { systemd, objects, dirs, api, events, images, clock, pods: tx, cancel, task }
+        World { systemd, objects, dirs, api, events, images, prober, logs, clock, pod_dir, pods: tx, cancel, task }
     }
 
-    fn apply(&self, pod: &Pod) {
+    pub(super) fn apply(&self, pod: &Pod) {
         self.pods.send(Ok(Event::Apply(pod.clone()))).unwrap();
     }
 
     /// Runs the world for `d` of virtual time.
-    async fn run_for(&self, d: Duration) {
+    pub(super) async fn run_for(&self, d: Duration) {
         tokio::time::sleep(d).await;
     }
 
     /// Runs the world until `f` holds (virtual deadline: 30 minutes).
-    async fn until(&self, what: &str, mut f: impl FnMut(&World) -> bool) {
+    pub(super) async fn until(&self, what: &str, mut f: impl FnMut(&World) -> bool) {
         for _ in 0..18_000 {
             if f(self) {
                 return;
@@ -156,11 +165,11 @@ impl World {
         panic!("never happened: {what}");
     }
 
-    fn status(&self, uid: &str) -> PodStatus {
+    pub(super) fn status(&self, uid: &str) -> PodStatus {
         self.api.status(uid).unwrap_or_default()
     }
 
-    fn container(&self, uid: &str, name: &str) -> ContainerStatus {
+    pub(super) fn container(&self, uid: &str, name: &str) -> ContainerStatus {
         let s = self.status(uid);
         s.init_container_statuses
             .iter()
@@ -171,12 +180,12 @@ impl World {
             .unwrap_or_default()
     }
 
-    fn running(&self, unit: &str) -> bool {
+    pub(super) fn running(&self, unit: &str) -> bool {
         self.systemd.unit(unit).is_some_and(|u| u.main_pid != 0)
     }
 
     /// Times (seconds since the start) of the start and restart jobs of `unit`.
-    fn starts(&self, unit: &str) -> Vec<u64> {
+    pub(super) fn starts(&self, unit: &str) -> Vec<u64> {
         self.systemd
             .timed_calls()
             .into_iter()
@@ -185,7 +194,7 @@ impl World {
             .collect()
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.cancel.cancel();
         self.task.await.unwrap().unwrap();
     }
@@ -198,7 +207,7 @@ fn tokio_stream_of(mut rx: mpsc::UnboundedReceiver<Result<Event<Pod>, watcher::E
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
-fn pod(name: &str, uid: &str, spec: serde_json::Value) -> Pod {
+pub(super) fn pod(name: &str, uid: &str, spec: serde_json::Value) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": "ns", "uid": uid},
         "spec": spec,
@@ -206,15 +215,15 @@ fn pod(name: &str, uid: &str, spec: serde_json::Value) -> Pod {
     .unwrap()
 }
 
-fn unit(pod: &str, container: &str) -> String {
+pub(super) fn unit(pod: &str, container: &str) -> String {
     crate::unit::name::unit_name("ns", pod, container)
 }
 
-fn waiting(c: &ContainerStatus) -> Option<String> {
+pub(super) fn waiting(c: &ContainerStatus) -> Option<String> {
     c.state.as_ref()?.waiting.as_ref()?.reason.clone()
 }
 
-fn is_running(c: &ContainerStatus) -> bool {
+pub(super) fn is_running(c: &ContainerStatus) -> bool {
     c.state.as_ref().is_some_and(|s| s.running.is_some())
 }
 
@@ -330,7 +339,7 @@ async fn init_containers_run_in_order_then_sidecars_then_apps() {
     w.stop().await;
 }
 
-fn deleting(mut p: Pod, grace: i64) -> Pod {
+pub(super) fn deleting(mut p: Pod, grace: i64) -> Pod {
     p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::from_second(START as i64).unwrap(),
     ));

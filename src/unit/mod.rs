@@ -146,6 +146,9 @@ pub struct UnitSpec {
     pub env_file: Option<String>,
     /// The container's volumes, bind-mounted into the unit's mount namespace.
     pub mounts: Vec<BindMount>,
+    /// The signal that stops the container (`KillSignal=`): `lifecycle.stopSignal`, SIGTERM by
+    /// default.
+    pub kill_signal: String,
 }
 
 /// Environment values from Secrets; `Debug` shows the names only.
@@ -155,6 +158,20 @@ pub struct SecretEnv(pub Vec<(String, String)>);
 impl std::fmt::Debug for SecretEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+/// The signal that stops container `c`: its `lifecycle.stopSignal` (a standard signal; realtime
+/// signals are refused), SIGTERM by default.
+pub fn stop_signal(c: &Container) -> Result<nix::sys::signal::Signal, SpecError> {
+    match c.lifecycle.as_ref().and_then(|l| l.stop_signal.as_deref()) {
+        None => Ok(nix::sys::signal::Signal::SIGTERM),
+        Some(s) => s.parse().map_err(|_| {
+            SpecError::config(format!(
+                "container {}: lifecycle.stopSignal {s:?} is not supported by vks (only standard signals, no realtime ones)",
+                c.name
+            ))
+        }),
     }
 }
 
@@ -264,6 +281,7 @@ pub fn plan(
         secret_env: SecretEnv(secret_env),
         env_file,
         mounts: data.mounts.clone(),
+        kill_signal: stop_signal(c)?.as_str().to_owned(),
     };
     render(&unit)?;
     Ok(unit)
@@ -340,6 +358,12 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
             .map_err(|e| bad(format!("the volume mount at {:?}", m.target), e))?;
         s.push_str(&line);
     }
+    if !u.kill_signal.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+        return Err(bad(
+            format!("the stop signal {:?}", u.kill_signal),
+            Unrepresentable::Special("a character not in a signal name"),
+        ));
+    }
     let log_field = |k: &str, v: &str| {
         escape::log_field(k, v)
             .and_then(|v| directive("LogExtraFields", &v))
@@ -349,7 +373,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         "RemainAfterExit=yes\n\
          Restart=no\n\
          KillMode=mixed\n\
-         KillSignal=SIGTERM\n\
+         KillSignal={kill_signal}\n\
          SendSIGKILL=yes\n\
          TimeoutStopSec={stop}s\n\
          StandardInput=null\n\
@@ -363,6 +387,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
          TasksAccounting=yes\n\
          \n",
         stop = u.stop_timeout_secs,
+        kill_signal = u.kill_signal,
         ident = text(c)?,
         uid = log_field("VKS_POD_UID", &m.pod_uid)?,
         container = log_field("VKS_CONTAINER", c)?,
@@ -449,6 +474,44 @@ mod tests {
             {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}}]}));
         let e = plan(&p, &c2, ContainerKind::App, &ImageInfo::default(), &node(), &data, |_| true).unwrap_err();
         assert!(e.message.contains("command[0] uses a value from a Secret (PW)"), "{e}");
+    }
+
+    #[test]
+    fn stop_signals_and_binds_are_rendered() {
+        let p = pod();
+        let c = container(
+            serde_json::json!({"name": "c", "command": ["/bin/true"], "lifecycle": {"stopSignal": "SIGUSR1"}}),
+        );
+        let mut u =
+            plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+                .unwrap();
+        u.mounts.push(BindMount {
+            source: "/var/lib/vks/pods/u-1/containers/c/termination-log".into(),
+            target: "/dev/termination-log".into(),
+            read_only: false,
+        });
+        u.mounts.push(BindMount {
+            source: "/var/lib/vks/pods/u-1/etc-hosts".into(),
+            target: "/etc/hosts".into(),
+            read_only: true,
+        });
+        let text = render(&u).unwrap();
+        assert!(text.contains("KillSignal=SIGUSR1\n"), "{text}");
+        assert!(
+            text.contains("BindPaths=/var/lib/vks/pods/u-1/containers/c/termination-log:/dev/termination-log:rbind\n"),
+            "{text}"
+        );
+        assert!(text.contains("BindReadOnlyPaths=/var/lib/vks/pods/u-1/etc-hosts:/etc/hosts:rbind\n"), "{text}");
+        u.mounts[0].target = "/dev/my\nlog".into();
+        let e = render(&u).unwrap_err();
+        assert!(e.message.starts_with("container c: the volume mount at \"/dev/my\\nlog\""), "{e}");
+        let c = container(
+            serde_json::json!({"name": "c", "command": ["/bin/true"], "lifecycle": {"stopSignal": "SIGRTMIN+1"}}),
+        );
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
+        assert_eq!(e.reason, WaitingReason::CreateContainerConfigError);
+        assert!(e.message.contains("lifecycle.stopSignal \"SIGRTMIN+1\" is not supported"), "{e}");
     }
 
     #[test]

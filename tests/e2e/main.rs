@@ -20,6 +20,7 @@ mod kubelet_api_overload;
 mod node;
 mod package;
 mod pods;
+mod probes;
 mod supervision;
 mod support;
 mod unit_roundtrip;

@@ -14,13 +14,20 @@
 //! - `container.rs`: one container's state and the pure decision what to start next;
 //! - `launch.rs`: images, unit files and starts;
 //! - `data.rs`: ConfigMaps, Secrets, tokens, service links and volumes (issue 12);
-//! - `terminate.rs`: graceful deletion;
+//! - `terminate.rs`: graceful deletion (and the stop at `activeDeadlineSeconds`);
+//! - `stop.rs`: stopping one container (preStop hook, stop signal, SIGKILL after the grace period);
+//! - `probe.rs`: liveness, readiness and startup probes;
+//! - `hooks.rs`: postStart hooks;
 //! - `publish.rs`: the status as the API sees it, and the patch.
 
 mod container;
 mod data;
+mod deadline;
+mod hooks;
 mod launch;
+mod probe;
 mod publish;
+mod stop;
 mod terminate;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::container::{Ctr, ImageState};
 pub use self::container::{Next, launches, next};
+pub use self::hooks::HookDone;
+pub use self::probe::ProbeDone;
 use super::api::PodApi;
 use super::backoff::CrashBackoff;
 
@@ -75,6 +84,10 @@ pub struct Shared {
     pub volumes: Arc<crate::volumes::Volumes>,
     /// API reachability.
     pub health: Arc<ApiHealth>,
+    /// Runs probes and lifecycle hooks.
+    pub prober: Arc<dyn crate::probes::Prober>,
+    /// The tail of a container's log (for `FallbackToLogsOnError`).
+    pub logs: Arc<dyn super::termination::LogTail>,
     /// Unit name → UID of the pod that owns it; a unit name is used by one pod at a time.
     owners: Mutex<HashMap<String, String>>,
     /// Unit names whose pod was removed: systemd may still have them loaded, so a new unit file
@@ -83,7 +96,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared world of the workers; the systemd, images, API and events are given.
+    /// The shared world of the workers; the systemd, images, API and events are given. Probes
+    /// and hooks run with [`crate::probes::NodeProber`] (exec through `systemd-run`), logs come
+    /// from the journal; both fields may be replaced (tests use fakes).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         api: Arc<dyn PodApi>,
@@ -95,6 +110,14 @@ impl Shared {
         pod_dir: std::path::PathBuf,
         health: Arc<ApiHealth>,
     ) -> Shared {
+        let exec = Arc::new(crate::systemd::run::SystemdRun::new(systemd.clone(), crate::systemd::UNIT_DIR.as_ref()));
+        let prober: Arc<dyn crate::probes::Prober> = match crate::probes::NodeProber::new(exec) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                log::error!("cannot set up the HTTP client of probes ({e}); probes will fail");
+                Arc::new(crate::probes::fake::FakeProber::default())
+            }
+        };
         Shared {
             api,
             events,
@@ -107,6 +130,8 @@ impl Shared {
             volumes: Arc::new(crate::volumes::Volumes::new(pod_dir.clone(), pod_dir.join(".run"), Vec::new(), clock)),
             pod_dir,
             health,
+            prober,
+            logs: Arc::new(super::termination::JournalTail),
             owners: Mutex::default(),
             released: Mutex::default(),
         }
@@ -151,6 +176,10 @@ pub enum Msg {
     Image(usize, Result<ImageInfo, ImageError>),
     /// A ConfigMap or Secret the pod refers to changed.
     Data,
+    /// A probe run ended.
+    Probe(Box<ProbeDone>),
+    /// A lifecycle hook ended.
+    Hook(Box<HookDone>),
 }
 
 /// A unit of this pod found on the node when the worker started.
@@ -207,6 +236,8 @@ pub struct Worker {
     reported: (Option<String>, Vec<&'static str>),
     /// Why the pod was rejected at admission (reason, message): it never runs here.
     rejected: Option<(&'static str, String)>,
+    /// The pod ran longer than its `activeDeadlineSeconds`: it stops and fails.
+    deadline_exceeded: bool,
     /// A run is known from the Service interface's signal but not yet its InvocationID (the
     /// Unit interface's signal comes separately): publishing waits for it until this time, then
     /// reads the units once.
@@ -244,6 +275,7 @@ impl Worker {
             let unit = unit::name::unit_name(&id.namespace, &id.name, &c.name);
             let adopted_meta = adopted.iter().find(|a| a.unit == unit).map(|a| &a.meta);
             let mut ctr = Ctr::new(c.clone(), kind, pod_policy.for_container(kind), unit, prev, adopted_meta, now);
+            ctr.probes = crate::probes::ProbeSpec::of_container(c).into_iter().map(probe::ProbeState::new).collect();
             if ctr.written.is_some() {
                 let _ = shared.claim(&ctr.unit, &id.uid);
             }
@@ -286,6 +318,7 @@ impl Worker {
             first_publish_hold,
             rejected,
             reported: (None, Vec::new()),
+            deadline_exceeded: false,
             id_wait: None,
             data: data::DataState::default(),
             tx: tx.clone(),
@@ -356,6 +389,8 @@ impl Worker {
             }
             Msg::Image(i, r) => self.image_resolved(i, r),
             Msg::Data => self.data_changed(),
+            Msg::Probe(d) => self.probe_done(*d),
+            Msg::Hook(d) => self.hook_done(*d),
         }
     }
 
@@ -381,6 +416,9 @@ impl Worker {
             wake.extend(c.image.wake());
         }
         wake.extend(self.deletion.as_ref().map(|d| d.deadline));
+        wake.extend(self.probe_wakes());
+        wake.extend(self.ctrs.iter().filter_map(|c| c.stopping.as_ref().map(|s| s.wake())));
+        wake.extend(self.active_deadline().filter(|_| !self.terminal).map(|at| clock.instant_at(at)));
         wake.extend(self.status_retry);
         wake.extend(self.first_publish_hold);
         wake.extend(self.id_wait.map(|(at, _)| at));
@@ -424,8 +462,12 @@ impl Worker {
     async fn round(&mut self) -> Flow {
         self.refresh().await;
         self.handle_exits().await;
+        self.sync_hooks();
+        self.sync_probes();
+        self.drive_stops().await;
+        self.check_active_deadline();
         let deleting = self.api_gone || self.pod.metadata.deletion_timestamp.is_some();
-        if deleting {
+        if deleting || self.deadline_exceeded {
             return self.terminate().await;
         }
         if let Some((reason, message)) = self.rejected.clone() {
@@ -459,8 +501,29 @@ impl Worker {
             // A container is its main process: once it exits, nothing of it may keep running.
             let _ =
                 self.shared.systemd.kill(&unit, crate::systemd::KillWhom::All, crate::systemd::Signal::SIGKILL).await;
-            let restart = !deleting && !self.terminal && c.policy.restarts_after(t.exit_code);
+            // vks stopped it for a failed probe or hook: it runs again unless its policy is Never.
+            let stopped = self.ctrs[i].stopping.take().filter(|s| s.run == run_key.0);
+            if let Some(h) = stopped.as_ref().and_then(|s| s.pre_stop.as_ref()) {
+                h.abort();
+            }
+            let c = &self.ctrs[i];
+            let restart = !deleting
+                && !self.terminal
+                && match stopped.map(|s| s.why).filter(|w| w.restarts()) {
+                    Some(_) => c.policy != RestartPolicy::Never,
+                    None => c.policy.restarts_after(t.exit_code),
+                };
+            let mut t = t;
+            let file = super::termination::message_file(&self.shared.pod_dir, &self.id.uid, &c.spec.name);
+            let invocation = c.unit_status.as_ref().map(|s| s.invocation_id.clone()).unwrap_or_default();
+            let message =
+                super::termination::read_message(&file, &c.spec, t.exit_code, &invocation, self.shared.logs.as_ref())
+                    .await;
             let c = &mut self.ctrs[i];
+            if let Some(m) = message {
+                c.message = Some((run_key.0, m.clone()));
+                t.message = Some(m);
+            }
             c.handled_exit = Some(run_key);
             c.observed_exit = Some(t.clone());
             if restart {

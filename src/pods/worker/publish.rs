@@ -38,7 +38,17 @@ impl Worker {
                     .map(|s| format!("systemd://{}", s.invocation_id));
                 let mut last_state = c.last_state.clone();
                 let state = match (&run, &c.blocked, &c.image, c.restart_at) {
+                    // Not Running until its postStart hook finished (as the kubelet reports it).
+                    (UnitRun::Running(_), _, _, _) if c.post_start_pending() => {
+                        CState::waiting(WaitingReason::ContainerCreating, None)
+                    }
                     (UnitRun::Running(started), _, _, _) => CState::Running { started_at: *started },
+                    (UnitRun::Exited(t), _, _, Some(_)) if self.deletion.is_none() && c.start_error.is_some() => {
+                        last_state = Some((**t).clone());
+                        let (reason, message) =
+                            c.start_error.clone().unwrap_or((WaitingReason::CrashLoopBackOff, String::new()));
+                        CState::waiting(reason, message)
+                    }
                     (UnitRun::Exited(t), _, _, Some(at)) if self.deletion.is_none() => {
                         let wait = at.duration_since(now).unwrap_or_default();
                         last_state = Some((**t).clone());
@@ -90,6 +100,8 @@ impl Worker {
                     last_state,
                     restart_count: c.restart_count,
                     container_id,
+                    startup_passed: c.startup_passed(),
+                    readiness_passes: c.readiness_passes(),
                 }
             })
             .collect()
@@ -161,6 +173,7 @@ impl Worker {
             start_time: self.start_time,
             terminal: self.terminal,
             now: self.shared.clock.timestamp(),
+            failed: self.deadline_exceeded.then_some((super::deadline::REASON, super::deadline::MESSAGE)),
         };
         let status = status::pod_status(&facts, &views);
         let body = patch_body(&status);
