@@ -9,6 +9,8 @@
 //!   join tokens; [`pki`]: certificates and keys; [`tunnel`]: the k3s agent tunnel.
 //! - [`node`]: the Node object, its status and Lease.
 //! - [`pods`]: the pods bound to this node, one worker per pod driving its units.
+//! - [`static_pods`]: pods from manifest files (with or without a cluster), mirror pods.
+//! - [`inspect`]: `vks pods` and `vks logs`, read from systemd and the journal.
 //! - [`images`]: what an image names on the host.
 //! - [`host`]: facts about the machine (capacity, usage, identity, addresses).
 //! - [`systemd`]: the boundary to systemd (trait, D-Bus implementation, fake).
@@ -31,6 +33,7 @@ pub mod events;
 pub mod fsutil;
 pub mod host;
 pub mod images;
+pub mod inspect;
 pub mod join;
 pub mod kubelet_api;
 pub mod logging;
@@ -42,6 +45,7 @@ pub mod policy;
 pub mod quantity;
 pub mod reason;
 pub mod shutdown;
+pub mod static_pods;
 pub mod systemd;
 pub mod token;
 pub mod tunnel;

@@ -25,6 +25,7 @@ impl Config {
         let mut log = Section::take(&mut root, "log", &mut errs);
         let mut eviction = Section::take(&mut root, "eviction", &mut errs);
         let mut images = Section::take(&mut root, "images", &mut errs);
+        let mut static_pods = Section::take(&mut root, "static", &mut errs);
         for (key, value) in root {
             errs.push(format!("{key}: unknown key (value {})", show(&value)));
         }
@@ -45,9 +46,12 @@ impl Config {
         };
         node.finish(&mut errs);
 
+        let kubeconfig = cluster.path("kubeconfig", &mut errs);
+        let server = cluster.server("server", &mut errs);
         let cluster_cfg = ClusterConfig {
-            kubeconfig: cluster.path("kubeconfig", &mut errs).unwrap_or_else(|| PathBuf::from("/etc/vks/kubeconfig")),
-            server: cluster.server("server", &mut errs),
+            configured: kubeconfig.is_some() || server.is_some() || cluster.had("kubeconfig") || cluster.had("server"),
+            kubeconfig: kubeconfig.unwrap_or_else(|| PathBuf::from("/etc/vks/kubeconfig")),
+            server,
             token: cluster.token(&mut errs),
         };
         if cluster_cfg.server.is_some() != cluster_cfg.token.is_some()
@@ -109,6 +113,11 @@ impl Config {
         };
         images.finish(&mut errs);
 
+        let static_cfg = StaticConfig {
+            manifest_dir: static_pods.path("manifest_dir", &mut errs).unwrap_or_else(|| DEFAULT_MANIFEST_DIR.into()),
+        };
+        static_pods.finish(&mut errs);
+
         if errs.0.is_empty() {
             Ok(Config {
                 node: node_cfg,
@@ -118,6 +127,7 @@ impl Config {
                 log: log_cfg,
                 eviction: eviction_cfg,
                 images: images_cfg,
+                static_pods: static_cfg,
             })
         } else {
             Err(errs.0)

@@ -1,0 +1,1 @@
+//! `vks pods` and `vks logs`.

@@ -1,0 +1,249 @@
+//! One stream of pod events for the [`crate::pods::PodManager`], from the API's pod watch (if
+//! there is a cluster) and the static pod snapshots: static pods run through the same workers as
+//! scheduled ones.
+//!
+//! The manager treats `Init … InitDone` as a complete listing (pods not in it are gone), so:
+//! - without a cluster, the first snapshot is sent as that listing, later snapshots as
+//!   `Apply`/`Delete` of the pods whose UID appeared or disappeared (a changed manifest gives
+//!   a new UID: the old pod is deleted, the new one applied);
+//! - with a cluster, static pods are sent as `Apply`/`Delete` as they come, and every listing of
+//!   the API watch gets the current static pods added before its `InitDone`.
+//!
+//! Mirror pods in the API watch are not pods to run: they go to the mirror pod loop instead.
+//! Every static pod is sent with the status last recorded for it ([`StatusStore`]), so a new
+//! worker continues its restart counts, and a repeated event does not reset what the worker
+//! published.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{mpsc, watch};
+
+use super::manifest::is_mirror;
+use super::{Snapshot, StaticPod};
+use crate::pods::PodEvents;
+use crate::pods::local::StatusStore;
+
+type Item = Result<Event<Pod>, watcher::Error>;
+
+/// Merges the static pods into the pod events.
+pub struct Merge {
+    api: Option<PodEvents>,
+    statics: watch::Receiver<Arc<Snapshot>>,
+    store: Arc<StatusStore>,
+    mirrors: Option<mpsc::UnboundedSender<Event<Pod>>>,
+    /// The static pods the manager was given, by UID.
+    current: BTreeMap<String, StaticPod>,
+    queue: VecDeque<Item>,
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+impl Merge {
+    /// Without a cluster: the static pods alone. The current snapshot is the first listing.
+    pub fn standalone(statics: watch::Receiver<Arc<Snapshot>>, store: Arc<StatusStore>) -> Merge {
+        let mut m =
+            Merge { api: None, statics, store, mirrors: None, current: BTreeMap::new(), queue: VecDeque::new() };
+        let snap = m.statics.borrow_and_update().clone();
+        m.queue.push_back(Ok(Event::Init));
+        for p in &snap.pods {
+            let pod = m.admit(p);
+            m.queue.push_back(Ok(Event::InitApply(pod)));
+        }
+        m.queue.push_back(Ok(Event::InitDone));
+        m
+    }
+
+    /// With a cluster: the API's pod watch of this node and the static pods; mirror pods from
+    /// the watch go to `mirrors`.
+    pub fn with_cluster(
+        api: PodEvents,
+        statics: watch::Receiver<Arc<Snapshot>>,
+        store: Arc<StatusStore>,
+        mirrors: mpsc::UnboundedSender<Event<Pod>>,
+    ) -> Merge {
+        let mut m = Merge {
+            api: Some(api),
+            statics,
+            store,
+            mirrors: Some(mirrors),
+            current: BTreeMap::new(),
+            queue: VecDeque::new(),
+        };
+        m.snapshot_changed();
+        m
+    }
+
+    /// The merged stream.
+    pub fn into_stream(self) -> PodEvents {
+        futures::stream::unfold(self, |mut m| async move { m.next().await.map(|item| (item, m)) }).boxed()
+    }
+
+    /// Takes a static pod into `current` and returns it as sent: with its recorded status.
+    fn admit(&mut self, p: &StaticPod) -> Pod {
+        let id = p.id();
+        self.store.note_static(&id, &p.file);
+        self.current.insert(id.uid.clone(), p.clone());
+        self.with_status(&p.pod)
+    }
+
+    fn with_status(&self, pod: &Pod) -> Pod {
+        let mut pod = pod.clone();
+        pod.status = self.store.status(&uid(&pod));
+        pod
+    }
+
+    /// Sends `Apply` for pods new in the snapshot and `Delete` for pods no longer in it.
+    fn snapshot_changed(&mut self) {
+        let snap = self.statics.borrow_and_update().clone();
+        let gone: Vec<String> =
+            self.current.keys().filter(|u| !snap.pods.iter().any(|p| uid(&p.pod) == **u)).cloned().collect();
+        for u in gone {
+            if let Some(p) = self.current.remove(&u) {
+                self.queue.push_back(Ok(Event::Delete(p.pod)));
+            }
+        }
+        for p in &snap.pods {
+            if !self.current.contains_key(&uid(&p.pod)) {
+                let pod = self.admit(p);
+                self.queue.push_back(Ok(Event::Apply(pod)));
+            }
+        }
+    }
+
+    fn api_event(&mut self, ev: Event<Pod>) {
+        let to_mirrors = match &ev {
+            Event::Init | Event::InitDone => true,
+            Event::InitApply(p) | Event::Apply(p) | Event::Delete(p) => is_mirror(p),
+        };
+        if to_mirrors && let Some(tx) = &self.mirrors {
+            let _ = tx.send(ev.clone());
+        }
+        match ev {
+            Event::InitApply(p) | Event::Apply(p) | Event::Delete(p) if is_mirror(&p) => {}
+            Event::InitDone => {
+                let statics: Vec<Pod> = self.current.values().map(|p| self.with_status(&p.pod)).collect();
+                self.queue.extend(statics.into_iter().map(|p| Ok(Event::InitApply(p))));
+                self.queue.push_back(Ok(Event::InitDone));
+            }
+            other => self.queue.push_back(Ok(other)),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Some(item);
+            }
+            let api = async {
+                match self.api.as_mut() {
+                    Some(a) => a.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.statics.changed() => {
+                    // The static pod loop ended: so does the stream (the daemon is stopping).
+                    changed.ok()?;
+                    self.snapshot_changed();
+                }
+                ev = api => match ev? {
+                    Ok(ev) => self.api_event(ev),
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::static_pods::manifest::CONFIG_MIRROR;
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some(uid.into());
+        p
+    }
+
+    fn snap(pods: &[(&str, &str)]) -> Arc<Snapshot> {
+        let pods =
+            pods.iter().map(|(n, u)| StaticPod { pod: pod(n, u), file: format!("/m/{n}.yaml").into() }).collect();
+        Arc::new(Snapshot { pods, invalid: vec![], complete: true })
+    }
+
+    fn describe(item: Item) -> String {
+        match item.unwrap() {
+            Event::Init => "Init".into(),
+            Event::InitDone => "InitDone".into(),
+            Event::InitApply(p) => format!("InitApply {}", uid(&p)),
+            Event::Apply(p) => format!("Apply {}", uid(&p)),
+            Event::Delete(p) => format!("Delete {}", uid(&p)),
+        }
+    }
+
+    async fn take(s: &mut PodEvents, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let item = tokio::time::timeout(std::time::Duration::from_secs(5), s.next()).await.unwrap().unwrap();
+            out.push(describe(item));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn standalone_lists_then_applies_changes_by_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StatusStore::open(dir.path()));
+        let (tx, rx) = watch::channel(snap(&[("a", "u1"), ("b", "u2")]));
+        let mut s = Merge::standalone(rx, store.clone()).into_stream();
+        assert_eq!(take(&mut s, 4).await, ["Init", "InitApply u1", "InitApply u2", "InitDone"]);
+        assert!(store.is_static("u1"));
+        // b changed (new UID), a unchanged, c added.
+        tx.send_replace(snap(&[("a", "u1"), ("b", "u3"), ("c", "u4")]));
+        assert_eq!(take(&mut s, 3).await, ["Delete u2", "Apply u3", "Apply u4"]);
+        drop(tx);
+        assert!(s.next().await.is_none(), "the stream ends with the static pod loop");
+    }
+
+    #[tokio::test]
+    async fn api_listings_carry_the_static_pods_and_mirrors_are_diverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StatusStore::open(dir.path()));
+        store.set_status(
+            &crate::api::PodRef::of(&pod("a", "u1")),
+            serde_json::from_value(serde_json::json!({"phase": "Running"})).unwrap(),
+        );
+        let (_tx, rx) = watch::channel(snap(&[("a", "u1")]));
+        let (api_tx, api_rx) = mpsc::unbounded_channel::<Item>();
+        let api = tokio_stream_of(api_rx);
+        let (mtx, mut mrx) = mpsc::unbounded_channel();
+        let mut s = Merge::with_cluster(api, rx, store, mtx).into_stream();
+        let mut mirror = pod("a", "m1");
+        mirror.metadata.annotations = Some([(CONFIG_MIRROR.to_owned(), "u1".to_owned())].into());
+        for ev in [Event::Init, Event::InitApply(pod("x", "api1")), Event::InitApply(mirror.clone()), Event::InitDone] {
+            api_tx.send(Ok(ev)).unwrap();
+        }
+        api_tx.send(Ok(Event::Delete(mirror))).unwrap();
+        api_tx.send(Ok(Event::Apply(pod("y", "api2")))).unwrap();
+        let got = take(&mut s, 6).await;
+        assert_eq!(got, ["Apply u1", "Init", "InitApply api1", "InitApply u1", "InitDone", "Apply api2"]);
+        let mut mirror_events = Vec::new();
+        while let Ok(ev) = mrx.try_recv() {
+            mirror_events.push(describe(Ok(ev)));
+        }
+        assert_eq!(mirror_events, ["Init", "InitApply m1", "InitDone", "Delete m1"]);
+    }
+
+    fn tokio_stream_of(mut rx: mpsc::UnboundedReceiver<Item>) -> PodEvents {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    }
+}
