@@ -4,12 +4,12 @@
 //! file of a static pod, the last status) in memory and as a JSON file in [`STATUS_DIR`]
 //! (`/run/vks/pods/<uid>.json`, a tmpfs: like the units, the records are gone after a reboot).
 //! [`LocalPodApi`] is the [`PodApi`] of the workers: without a cluster every status stays here;
-//! with one, a scheduled pod's status goes to the API server (and is recorded here once
+//! with one (once connected), a scheduled pod's status goes to the API server (and is recorded here once
 //! accepted), while a static pod's stays here and is copied to its mirror pod by
-//! [`crate::static_pods::mirror`]. [`JournalRecorder`] logs events when there is no API server
-//! to send them to.
+//! [`crate::static_pods::mirror`]. [`Events`] logs events to the journal while there is no API
+//! server to send them to.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -180,22 +180,28 @@ pub fn read_records(dir: &Path) -> Vec<Record> {
     out
 }
 
-/// The workers' [`PodApi`] on a node: status recorded in the [`StatusStore`]; scheduled pods'
-/// requests also go to the API server (when there is one).
+/// The workers' [`PodApi`] on a node: status recorded in the [`StatusStore`]; once vks is
+/// connected to a cluster ([`LocalPodApi::connect`]), scheduled pods' requests go to the API
+/// server too, while static pods' status stays here (their mirror pods get a copy).
 pub struct LocalPodApi {
     store: std::sync::Arc<StatusStore>,
-    kube: Option<KubePodApi>,
+    kube: std::sync::OnceLock<KubePodApi>,
 }
 
 impl LocalPodApi {
-    /// Without a cluster: every status stays on the node.
-    pub fn standalone(store: std::sync::Arc<StatusStore>) -> LocalPodApi {
-        LocalPodApi { store, kube: None }
+    /// Status stays on the node until [`LocalPodApi::connect`].
+    pub fn new(store: std::sync::Arc<StatusStore>) -> LocalPodApi {
+        LocalPodApi { store, kube: std::sync::OnceLock::new() }
     }
 
-    /// With a cluster: scheduled pods' requests go to `kube`; static pods' stay on the node.
-    pub fn with_cluster(store: std::sync::Arc<StatusStore>, kube: KubePodApi) -> LocalPodApi {
-        LocalPodApi { store, kube: Some(kube) }
+    /// From now on, scheduled pods' requests go to `kube`.
+    pub fn connect(&self, kube: KubePodApi) {
+        let _ = self.kube.set(kube);
+    }
+
+    /// The API for a pod, if it is a scheduled pod and vks is connected.
+    fn kube_for(&self, pod: &PodRef) -> Option<&KubePodApi> {
+        self.kube.get().filter(|_| !self.store.is_static(&pod.uid))
     }
 }
 
@@ -206,22 +212,18 @@ fn parse_status(status: &serde_json::Value) -> PodStatus {
 #[async_trait]
 impl PodApi for LocalPodApi {
     async fn patch_status(&self, pod: &PodRef, status: &serde_json::Value) -> Result<Option<PodStatus>, PodApiError> {
-        match &self.kube {
-            Some(kube) if !self.store.is_static(&pod.uid) => {
-                let new = kube.patch_status(pod, status).await?;
-                self.store.set_status(pod, new.clone().unwrap_or_else(|| parse_status(status)));
-                Ok(new)
-            }
-            _ => {
-                let s = parse_status(status);
-                self.store.set_status(pod, s.clone());
-                Ok(Some(s))
-            }
+        if let Some(kube) = self.kube_for(pod) {
+            let new = kube.patch_status(pod, status).await?;
+            self.store.set_status(pod, new.clone().unwrap_or_else(|| parse_status(status)));
+            return Ok(new);
         }
+        let s = parse_status(status);
+        self.store.set_status(pod, s.clone());
+        Ok(Some(s))
     }
 
     async fn delete(&self, pod: &PodRef) -> Result<(), PodApiError> {
-        if let Some(kube) = self.kube.as_ref().filter(|_| !self.store.is_static(&pod.uid)) {
+        if let Some(kube) = self.kube_for(pod) {
             kube.delete(pod).await?;
         }
         self.store.forget(&pod.uid);
@@ -233,23 +235,31 @@ impl PodApi for LocalPodApi {
     }
 }
 
-/// Events written to the journal (with the pod's name), for a node without an API server.
-#[derive(Debug, Default)]
-pub struct JournalRecorder;
+/// Events: written to the journal (with the pod's name) until a recorder that sends them to the
+/// API server is connected ([`Events::connect`]); without a cluster, always.
+#[derive(Default)]
+pub struct Events {
+    api: std::sync::OnceLock<std::sync::Arc<dyn Recorder>>,
+}
 
-impl Recorder for JournalRecorder {
+impl Events {
+    /// From now on, events go to `api`.
+    pub fn connect(&self, api: std::sync::Arc<dyn Recorder>) {
+        let _ = self.api.set(api);
+    }
+}
+
+impl Recorder for Events {
     fn pod(&self, pod: &PodRef, type_: EventType, reason: &str, note: String) {
+        if let Some(api) = self.api.get() {
+            return api.pod(pod, type_, reason, note);
+        }
         let key = pod.to_string();
         match type_ {
             EventType::Warning => log::warn!(pod = key.as_str(); "pod {key}: {reason}: {note}"),
             EventType::Normal => log::info!(pod = key.as_str(); "pod {key}: {reason}: {note}"),
         }
     }
-}
-
-/// Keeps the records of `live` UIDs (given by `keep`), forgetting the rest; for start-up.
-pub fn keep_only(store: &StatusStore, live: &HashSet<String>) {
-    store.retain(|r| live.contains(&r.uid));
 }
 
 #[cfg(test)]
@@ -265,7 +275,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(StatusStore::open(dir.path()));
         store.note_static(&pod("a1"), Path::new("/etc/vks/manifests/a.yaml"));
-        let api = LocalPodApi::standalone(store.clone());
+        let api = LocalPodApi::new(store.clone());
         let status = serde_json::json!({ "phase": "Running", "containerStatuses": [
             { "name": "c", "image": "x", "imageID": "", "ready": true, "restartCount": 3, "state": { "running": {} } } ] });
         let back = api.patch_status(&pod("a1"), &status).await.unwrap().unwrap();
@@ -289,7 +299,7 @@ mod tests {
         store.set_status(&pod("b2"), PodStatus::default());
         store.set_status(&pod("../x"), PodStatus::default());
         store.set_status(&pod("c3"), PodStatus::default());
-        keep_only(&store, &HashSet::from(["c3".to_owned()]));
+        store.retain(|r| r.uid == "c3");
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names, ["c3.json"]);

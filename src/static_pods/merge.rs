@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::manifest::is_mirror;
 use super::{Snapshot, StaticPod};
@@ -32,6 +32,8 @@ type Item = Result<Event<Pod>, watcher::Error>;
 /// Merges the static pods into the pod events.
 pub struct Merge {
     api: Option<PodEvents>,
+    /// The API's pod watch, once vks is connected to its cluster.
+    api_later: Option<oneshot::Receiver<PodEvents>>,
     statics: watch::Receiver<Arc<Snapshot>>,
     store: Arc<StatusStore>,
     mirrors: Option<mpsc::UnboundedSender<Event<Pod>>>,
@@ -47,8 +49,15 @@ fn uid(p: &Pod) -> String {
 impl Merge {
     /// Without a cluster: the static pods alone. The current snapshot is the first listing.
     pub fn standalone(statics: watch::Receiver<Arc<Snapshot>>, store: Arc<StatusStore>) -> Merge {
-        let mut m =
-            Merge { api: None, statics, store, mirrors: None, current: BTreeMap::new(), queue: VecDeque::new() };
+        let mut m = Merge {
+            api: None,
+            api_later: None,
+            statics,
+            store,
+            mirrors: None,
+            current: BTreeMap::new(),
+            queue: VecDeque::new(),
+        };
         let snap = m.statics.borrow_and_update().clone();
         m.queue.push_back(Ok(Event::Init));
         for p in &snap.pods {
@@ -59,16 +68,17 @@ impl Merge {
         m
     }
 
-    /// With a cluster: the API's pod watch of this node and the static pods; mirror pods from
-    /// the watch go to `mirrors`.
+    /// With a cluster: the static pods at once, and the API's pod watch of this node once it
+    /// arrives on `api` (vks joined and registered); mirror pods from the watch go to `mirrors`.
     pub fn with_cluster(
-        api: PodEvents,
+        api: oneshot::Receiver<PodEvents>,
         statics: watch::Receiver<Arc<Snapshot>>,
         store: Arc<StatusStore>,
         mirrors: mpsc::UnboundedSender<Event<Pod>>,
     ) -> Merge {
         let mut m = Merge {
-            api: Some(api),
+            api: None,
+            api_later: Some(api),
             statics,
             store,
             mirrors: Some(mirrors),
@@ -146,7 +156,18 @@ impl Merge {
                     None => std::future::pending().await,
                 }
             };
+            let later = async {
+                match self.api_later.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                got = later => {
+                    self.api_later = None;
+                    // Without a watch (vks never connected) only the static pods come.
+                    self.api = got;
+                }
                 changed = self.statics.changed() => {
                     // The static pod loop ended: so does the stream (the daemon is stopping).
                     changed.ok()?;
@@ -224,9 +245,18 @@ mod tests {
         );
         let (_tx, rx) = watch::channel(snap(&[("a", "u1")]));
         let (api_tx, api_rx) = mpsc::unbounded_channel::<Item>();
-        let api = tokio_stream_of(api_rx);
+        let (later_tx, later) = oneshot::channel();
         let (mtx, mut mrx) = mpsc::unbounded_channel();
-        let mut s = Merge::with_cluster(api, rx, store, mtx).into_stream();
+        let mut s = Merge::with_cluster(later, rx, store, mtx).into_stream();
+        let first = s.next().await.unwrap().unwrap();
+        let Event::Apply(p) = &first else { panic!("{}", describe(Ok(first))) };
+        assert_eq!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Running"),
+            "sent with its recorded status"
+        );
+        assert_eq!(describe(Ok(first)), "Apply u1");
+        let _ = later_tx.send(tokio_stream_of(api_rx));
         let mut mirror = pod("a", "m1");
         mirror.metadata.annotations = Some([(CONFIG_MIRROR.to_owned(), "u1".to_owned())].into());
         for ev in [Event::Init, Event::InitApply(pod("x", "api1")), Event::InitApply(mirror.clone()), Event::InitDone] {
@@ -234,8 +264,8 @@ mod tests {
         }
         api_tx.send(Ok(Event::Delete(mirror))).unwrap();
         api_tx.send(Ok(Event::Apply(pod("y", "api2")))).unwrap();
-        let got = take(&mut s, 6).await;
-        assert_eq!(got, ["Apply u1", "Init", "InitApply api1", "InitApply u1", "InitDone", "Apply api2"]);
+        let got = take(&mut s, 5).await;
+        assert_eq!(got, ["Init", "InitApply api1", "InitApply u1", "InitDone", "Apply api2"]);
         let mut mirror_events = Vec::new();
         while let Ok(ev) = mrx.try_recv() {
             mirror_events.push(describe(Ok(ev)));

@@ -118,8 +118,7 @@ impl Mirrors {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             heartbeat.beat();
-            self.round().await;
-            heartbeat.beat();
+            self.round(&heartbeat).await;
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 changed = self.statics.changed() => {
@@ -169,7 +168,7 @@ impl Mirrors {
     }
 
     /// One pass over the static pods and the mirror pods.
-    async fn round(&mut self) {
+    async fn round(&mut self, heartbeat: &Heartbeat) {
         let snap = self.statics.borrow().clone();
         if !snap.complete {
             return;
@@ -179,6 +178,7 @@ impl Mirrors {
             desired.insert(key_of(&p.pod), p);
         }
         for (key, sp) in &desired {
+            heartbeat.beat();
             let static_uid = sp.pod.metadata.uid.clone().unwrap_or_default();
             match self.known.get(key).cloned() {
                 Some(m) if m.hash == static_uid && !m.deleting => self.sync_status(key, &m.uid, &static_uid).await,
@@ -202,6 +202,7 @@ impl Mirrors {
             .map(|(k, m)| (k.clone(), m.uid.clone()))
             .collect();
         for (key, uid) in orphans {
+            heartbeat.beat();
             log::info!("mirror pod {}/{} has no static pod on this node any more: deleting it", key.0, key.1);
             self.delete(&key, &uid).await;
         }
