@@ -3,11 +3,12 @@
 //! scheduled ones.
 //!
 //! The manager treats `Init … InitDone` as a complete listing (pods not in it are gone), so:
-//! - without a cluster, the first snapshot is sent as that listing, later snapshots as
-//!   `Apply`/`Delete` of the pods whose UID appeared or disappeared (a changed manifest gives
-//!   a new UID: the old pod is deleted, the new one applied);
-//! - with a cluster, static pods are sent as `Apply`/`Delete` as they come, and every listing of
-//!   the API watch gets the current static pods added before its `InitDone`.
+//! - without a cluster, the first snapshot is sent as that listing, later snapshots as `Apply`
+//!   of the pods whose UID appeared, and of those whose UID disappeared marked deleted with their
+//!   grace period, as the kubelet stops them (a changed manifest gives a new UID: the old pod is
+//!   stopped, the new one started);
+//! - with a cluster, static pods are sent the same way as they come, and every listing of the
+//!   API watch gets the current static pods (and those still stopping) before its `InitDone`.
 //!
 //! Mirror pods in the API watch are not pods to run: they go to the mirror pod loop instead.
 //! Every static pod is sent with the status last recorded for it ([`StatusStore`]), so a new
@@ -39,6 +40,9 @@ pub struct Merge {
     mirrors: Option<mpsc::UnboundedSender<Event<Pod>>>,
     /// The static pods the manager was given, by UID.
     current: BTreeMap<String, StaticPod>,
+    /// Static pods removed from their manifests and being stopped (with their grace period),
+    /// by UID, until their worker is done with them.
+    stopping: BTreeMap<String, Pod>,
     queue: VecDeque<Item>,
 }
 
@@ -56,6 +60,7 @@ impl Merge {
             store,
             mirrors: None,
             current: BTreeMap::new(),
+            stopping: BTreeMap::new(),
             queue: VecDeque::new(),
         };
         let snap = m.statics.borrow_and_update().clone();
@@ -83,6 +88,7 @@ impl Merge {
             store,
             mirrors: Some(mirrors),
             current: BTreeMap::new(),
+            stopping: BTreeMap::new(),
             queue: VecDeque::new(),
         };
         m.snapshot_changed();
@@ -108,14 +114,19 @@ impl Merge {
         pod
     }
 
-    /// Sends `Apply` for pods new in the snapshot and `Delete` for pods no longer in it.
+    /// Sends `Apply` for pods new in the snapshot, and for pods no longer in it a deletion with
+    /// the pod's grace period (as the kubelet stops a static pod whose manifest is gone).
     fn snapshot_changed(&mut self) {
         let snap = self.statics.borrow_and_update().clone();
+        let store = &self.store;
+        self.stopping.retain(|u, _| store.is_static(u));
         let gone: Vec<String> =
             self.current.keys().filter(|u| !snap.pods.iter().any(|p| uid(&p.pod) == **u)).cloned().collect();
         for u in gone {
             if let Some(p) = self.current.remove(&u) {
-                self.queue.push_back(Ok(Event::Delete(p.pod)));
+                let pod = deleted(self.with_status(&p.pod));
+                self.stopping.insert(u, pod.clone());
+                self.queue.push_back(Ok(Event::Apply(pod)));
             }
         }
         for p in &snap.pods {
@@ -137,7 +148,11 @@ impl Merge {
         match ev {
             Event::InitApply(p) | Event::Apply(p) | Event::Delete(p) if is_mirror(&p) => {}
             Event::InitDone => {
-                let statics: Vec<Pod> = self.current.values().map(|p| self.with_status(&p.pod)).collect();
+                // Pods still being stopped stay in the listing (else they would be cut short).
+                let store = &self.store;
+                self.stopping.retain(|u, _| store.is_static(u));
+                let mut statics: Vec<Pod> = self.current.values().map(|p| self.with_status(&p.pod)).collect();
+                statics.extend(self.stopping.values().map(|p| self.with_status(p)));
                 self.queue.extend(statics.into_iter().map(|p| Ok(Event::InitApply(p))));
                 self.queue.push_back(Ok(Event::InitDone));
             }
@@ -182,6 +197,15 @@ impl Merge {
     }
 }
 
+/// The pod marked deleted now, with its own grace period (default 30 s).
+fn deleted(mut pod: Pod) -> Pod {
+    let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+    pod.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    pod.metadata.deletion_grace_period_seconds = Some(grace);
+    pod
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +230,7 @@ mod tests {
             Event::Init => "Init".into(),
             Event::InitDone => "InitDone".into(),
             Event::InitApply(p) => format!("InitApply {}", uid(&p)),
+            Event::Apply(p) if p.metadata.deletion_timestamp.is_some() => format!("Delete {}", uid(&p)),
             Event::Apply(p) => format!("Apply {}", uid(&p)),
             Event::Delete(p) => format!("Delete {}", uid(&p)),
         }
@@ -230,7 +255,11 @@ mod tests {
         assert!(store.is_static("u1"));
         // b changed (new UID), a unchanged, c added.
         tx.send_replace(snap(&[("a", "u1"), ("b", "u3"), ("c", "u4")]));
-        assert_eq!(take(&mut s, 3).await, ["Delete u2", "Apply u3", "Apply u4"]);
+        let first = s.next().await.unwrap().unwrap();
+        let Event::Apply(p) = &first else { panic!("{}", describe(Ok(first))) };
+        assert!(p.metadata.deletion_timestamp.is_some(), "the old pod is stopped gracefully");
+        assert_eq!(p.metadata.deletion_grace_period_seconds, Some(30));
+        assert_eq!(take(&mut s, 2).await, ["Apply u3", "Apply u4"]);
         drop(tx);
         assert!(s.next().await.is_none(), "the stream ends with the static pod loop");
     }
