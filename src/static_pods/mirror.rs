@@ -83,6 +83,8 @@ pub struct Mirrors {
     patched: HashMap<String, PodStatus>,
     /// Names taken by pods that are not mirrors (logged once).
     conflicts: HashSet<Key>,
+    /// Mirror pods this loop deleted: later watch events about them are stale.
+    deleted: HashSet<String>,
 }
 
 impl Mirrors {
@@ -109,6 +111,7 @@ impl Mirrors {
             listed: false,
             patched: HashMap::new(),
             conflicts: HashSet::new(),
+            deleted: HashSet::new(),
         }
     }
 
@@ -156,9 +159,15 @@ impl Mirrors {
                 }
             }
             Event::Apply(p) => {
-                self.known.insert(key_of(&p), known_of(&p));
+                let m = known_of(&p);
+                if !self.deleted.contains(&m.uid) {
+                    self.known.insert(key_of(&p), m);
+                }
             }
             Event::Delete(p) => {
+                if let Some(uid) = &p.metadata.uid {
+                    self.deleted.remove(uid);
+                }
                 let k = key_of(&p);
                 if self.known.get(&k).is_some_and(|m| Some(&m.uid) == p.metadata.uid.as_ref()) {
                     self.known.remove(&k);
@@ -313,6 +322,7 @@ impl Mirrors {
         }
         self.health.ok();
         self.patched.remove(uid);
+        self.deleted.insert(uid.to_owned());
         if self.known.get(key).is_some_and(|m| m.uid == uid) {
             self.known.remove(key);
         }

@@ -14,6 +14,7 @@ mod k3s_join;
 mod node;
 mod package;
 mod pods;
+mod static_pods;
 mod supervision;
 mod support;
 mod unit_roundtrip;
