@@ -10,6 +10,8 @@
 //! - [`node`]: the Node object, its status and Lease.
 //! - [`pods`]: the pods bound to this node, one worker per pod driving its units.
 //! - [`probes`]: liveness, readiness and startup probes and lifecycle hooks (how one is run).
+//! - [`static_pods`]: pods from manifest files (with or without a cluster), mirror pods.
+//! - [`inspect`]: `vks pods` and `vks logs`, read from systemd and the journal.
 //! - [`images`]: what an image names on the host.
 //! - [`host`]: facts about the machine (capacity, usage, identity, addresses).
 //! - [`systemd`]: the boundary to systemd (trait, D-Bus implementation, fake).
@@ -33,6 +35,7 @@ pub mod events;
 pub mod fsutil;
 pub mod host;
 pub mod images;
+pub mod inspect;
 pub mod join;
 pub mod kubelet_api;
 pub mod logging;
@@ -47,6 +50,7 @@ pub mod probes;
 pub mod quantity;
 pub mod reason;
 pub mod shutdown;
+pub mod static_pods;
 pub mod systemd;
 pub mod token;
 pub mod tunnel;

@@ -44,6 +44,9 @@ pub struct Config {
     pub images: ImagesConfig,
     /// `[volumes]`: what pods may mount from the host.
     pub volumes: VolumesConfig,
+    /// `[static]`: static pods from manifest files.
+    #[serde(rename = "static")]
+    pub static_pods: StaticConfig,
 }
 
 /// `[volumes]`.
@@ -52,6 +55,16 @@ pub struct VolumesConfig {
     /// Host paths (and everything below them) that hostPath volumes may mount; empty: none.
     pub host_path_allow: Vec<PathBuf>,
 }
+
+/// `[static]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StaticConfig {
+    /// Every `*.yaml`, `*.yml` and `*.json` file here holding Pods runs them on this node.
+    pub manifest_dir: PathBuf,
+}
+
+/// Where static pod manifests are read from unless `[static] manifest_dir` says otherwise.
+pub const DEFAULT_MANIFEST_DIR: &str = "/etc/vks/manifests";
 
 /// `[images]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -145,6 +158,9 @@ pub struct ClusterConfig {
     pub server: Option<String>,
     /// The join token (`token` or `token_file`); set exactly when `server` is.
     pub token: Option<TokenSource>,
+    /// Whether a cluster is configured at all (`server` or `kubeconfig` set): without one vks
+    /// runs standalone, with its static pods only and no API calls.
+    pub configured: bool,
 }
 
 /// Where the join token comes from.
@@ -160,7 +176,11 @@ impl Serialize for ClusterConfig {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("ClusterConfig", 3)?;
-        st.serialize_field("kubeconfig", &self.kubeconfig)?;
+        if self.configured {
+            st.serialize_field("kubeconfig", &self.kubeconfig)?;
+        } else {
+            st.skip_field("kubeconfig")?;
+        }
         match &self.server {
             Some(server) => st.serialize_field("server", server)?,
             None => st.skip_field("server")?,
@@ -307,6 +327,11 @@ mod reader;
 pub use names::{validate_dns_label, validate_dns_subdomain, validate_label_value, validate_qualified_name};
 
 impl Config {
+    /// Whether vks runs without a cluster: no `[cluster] server` and no `[cluster] kubeconfig`.
+    pub fn standalone(&self) -> bool {
+        !self.cluster.configured
+    }
+
     /// Reads and validates the file at `path`. `hostname` is the default node name.
     pub fn load(path: &Path, hostname: &str) -> Result<Config, ConfigError> {
         let fail = |problem: String| ConfigError { path: path.to_owned(), problems: vec![problem] };

@@ -26,6 +26,7 @@ impl Config {
         let mut eviction = Section::take(&mut root, "eviction", &mut errs);
         let mut images = Section::take(&mut root, "images", &mut errs);
         let mut volumes = Section::take(&mut root, "volumes", &mut errs);
+        let mut static_pods = Section::take(&mut root, "static", &mut errs);
         for (key, value) in root {
             errs.push(format!("{key}: unknown key (value {})", show(&value)));
         }
@@ -46,9 +47,12 @@ impl Config {
         };
         node.finish(&mut errs);
 
+        let kubeconfig = cluster.path("kubeconfig", &mut errs);
+        let server = cluster.server("server", &mut errs);
         let cluster_cfg = ClusterConfig {
-            kubeconfig: cluster.path("kubeconfig", &mut errs).unwrap_or_else(|| PathBuf::from("/etc/vks/kubeconfig")),
-            server: cluster.server("server", &mut errs),
+            configured: kubeconfig.is_some() || server.is_some() || cluster.had("kubeconfig") || cluster.had("server"),
+            kubeconfig: kubeconfig.unwrap_or_else(|| PathBuf::from("/etc/vks/kubeconfig")),
+            server,
             token: cluster.token(&mut errs),
         };
         if cluster_cfg.server.is_some() != cluster_cfg.token.is_some()
@@ -140,6 +144,10 @@ impl Config {
 
         let volumes_cfg = VolumesConfig { host_path_allow: volumes.paths("host_path_allow", &mut errs) };
         volumes.finish(&mut errs);
+        let static_cfg = StaticConfig {
+            manifest_dir: static_pods.path("manifest_dir", &mut errs).unwrap_or_else(|| DEFAULT_MANIFEST_DIR.into()),
+        };
+        static_pods.finish(&mut errs);
 
         if errs.0.is_empty() {
             Ok(Config {
@@ -151,6 +159,7 @@ impl Config {
                 eviction: eviction_cfg,
                 images: images_cfg,
                 volumes: volumes_cfg,
+                static_pods: static_cfg,
             })
         } else {
             Err(errs.0)

@@ -243,3 +243,30 @@ fn effective_config_round_trips() {
     let again = parse(&c.to_toml()).unwrap();
     assert_eq!(c, again);
 }
+
+#[test]
+fn no_server_and_no_kubeconfig_is_standalone() {
+    let c = parse("").unwrap();
+    assert!(c.standalone());
+    assert_eq!(c.static_pods.manifest_dir, PathBuf::from("/etc/vks/manifests"));
+    assert!(!c.to_toml().contains("kubeconfig"), "a standalone node shows no kubeconfig: {}", c.to_toml());
+    assert!(!parse("[cluster]\nkubeconfig = \"/etc/vks/kubeconfig\"\n").unwrap().standalone());
+    let joined =
+        parse("[cluster]\nserver = \"https://192.0.2.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"\n").unwrap();
+    assert!(!joined.standalone());
+    let again = parse(&joined.to_toml().replace("(set, not shown)", "abcdef.0123456789abcdef")).unwrap();
+    assert!(!again.standalone());
+}
+
+#[test]
+fn static_manifest_dir_is_an_absolute_path() {
+    let c = parse("[static]\nmanifest_dir = \"/srv/manifests\"\n").unwrap();
+    assert_eq!(c.static_pods.manifest_dir, PathBuf::from("/srv/manifests"));
+    assert_eq!(
+        errors("[static]\nmanifest_dir = \"manifests\"\nwatch = true\n"),
+        vec![
+            "static.manifest_dir: \"manifests\" is not an absolute path".to_owned(),
+            "static.watch: unknown key (value true)".to_owned()
+        ]
+    );
+}

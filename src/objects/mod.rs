@@ -71,6 +71,62 @@ impl ObjectApi for Offline {
     }
 }
 
+/// The API of a node that is not connected yet: [`Offline`] until [`Deferred::connect`] gives
+/// it the real one (the daemon starts the pods before it has joined the cluster; only pods
+/// from the API, which come after that, refer to objects). A watch begun before waits for it.
+pub struct Deferred {
+    api: tokio::sync::watch::Sender<Option<Arc<dyn ObjectApi>>>,
+}
+
+impl Default for Deferred {
+    fn default() -> Deferred {
+        Deferred { api: tokio::sync::watch::Sender::new(None) }
+    }
+}
+
+impl Deferred {
+    /// From now on requests go to `api`.
+    pub fn connect(&self, api: Arc<dyn ObjectApi>) {
+        self.api.send_replace(Some(api));
+    }
+
+    fn current(&self) -> Option<Arc<dyn ObjectApi>> {
+        self.api.borrow().clone()
+    }
+}
+
+#[async_trait]
+impl ObjectApi for Deferred {
+    fn watch(&self, key: &ObjKey) -> BoxStream<'static, Result<Option<ObjData>, String>> {
+        if let Some(api) = self.current() {
+            return api.watch(key);
+        }
+        let (mut rx, key) = (self.api.subscribe(), key.clone());
+        futures::stream::once(async move {
+            match rx.wait_for(Option::is_some).await.ok().and_then(|a| a.clone()) {
+                Some(api) => api.watch(&key),
+                None => futures::stream::pending().boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn request_token(&self, pod: &PodRef, spec: &TokenSpec) -> Result<IssuedToken, String> {
+        match self.current() {
+            Some(api) => api.request_token(pod, spec).await,
+            None => Offline.request_token(pod, spec).await,
+        }
+    }
+
+    async fn services(&self, namespace: &str) -> Result<Vec<Service>, String> {
+        match self.current() {
+            Some(api) => api.services(namespace).await,
+            None => Offline.services(namespace).await,
+        }
+    }
+}
+
 /// Wakes a pod's worker when an object it refers to changed.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
@@ -108,8 +164,8 @@ pub struct Objects {
     clock: Clock,
     inner: Mutex<Inner>,
     tokens: Mutex<HashMap<(String, TokenSpec), Cached>>,
-    /// The API server as pods reach it (`KUBERNETES_SERVICE_HOST`, `_PORT`).
-    pub api_server: Option<(String, u16)>,
+    /// The API server as pods reach it (`KUBERNETES_SERVICE_HOST`, `_PORT`), once known.
+    api_server: std::sync::OnceLock<(String, u16)>,
     /// The node's allocatable resources (for resourceFieldRef).
     pub allocatable: Allocatable,
 }
@@ -117,14 +173,7 @@ pub struct Objects {
 impl Objects {
     /// Objects read through `api`.
     pub fn new(api: Arc<dyn ObjectApi>, clock: Clock) -> Arc<Objects> {
-        Arc::new(Objects {
-            api,
-            clock,
-            inner: Mutex::default(),
-            tokens: Mutex::default(),
-            api_server: None,
-            allocatable: Allocatable::default(),
-        })
+        Objects::with_node(api, clock, None, Allocatable::default())
     }
 
     /// The same, with the API server's address and the node's allocatable resources.
@@ -134,7 +183,28 @@ impl Objects {
         api_server: Option<(String, u16)>,
         allocatable: Allocatable,
     ) -> Arc<Objects> {
-        Arc::new(Objects { api, clock, inner: Mutex::default(), tokens: Mutex::default(), api_server, allocatable })
+        let o = Objects {
+            api,
+            clock,
+            inner: Mutex::default(),
+            tokens: Mutex::default(),
+            api_server: std::sync::OnceLock::new(),
+            allocatable,
+        };
+        if let Some(a) = api_server {
+            o.set_api_server(a);
+        }
+        Arc::new(o)
+    }
+
+    /// The API server as pods reach it, when known.
+    pub fn api_server(&self) -> Option<&(String, u16)> {
+        self.api_server.get()
+    }
+
+    /// Sets the API server's address (once: the kubeconfig does not change while vks runs).
+    pub fn set_api_server(&self, a: (String, u16)) {
+        let _ = self.api_server.set(a);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

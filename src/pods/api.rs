@@ -39,6 +39,9 @@ pub trait PodApi: Send + Sync + 'static {
     /// Deletes the pod for good (grace period 0) if it still has `pod.uid`: the last step of a
     /// graceful deletion, after its containers stopped.
     async fn delete(&self, pod: &PodRef) -> Result<(), PodApiError>;
+    /// The pod's worker ended: the pod left this node. Nothing is sent to the API server;
+    /// an implementation that keeps pods' status on the node drops this pod's.
+    fn forget(&self, _pod: &PodRef) {}
 }
 
 /// [`PodApi`] against the API server.

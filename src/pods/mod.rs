@@ -18,6 +18,7 @@ pub mod api;
 pub mod backoff;
 pub mod data;
 pub mod fields;
+pub mod local;
 pub mod status;
 pub mod termination;
 #[cfg(test)]
@@ -228,7 +229,9 @@ impl PodManager {
         let Some(uid) = self.task_pods.remove(&id) else { return };
         let e = match result {
             Ok(_) => {
-                self.finished(&uid);
+                if let Some(h) = self.finished(&uid) {
+                    self.shared.api.forget(&PodRef::of(&h.pod));
+                }
                 self.panics.remove(&uid);
                 return;
             }
@@ -372,7 +375,9 @@ impl PodManager {
                 },
                 _ = resync.tick() => {
                     self.resync_all();
-                    if listing.is_none() {
+                    // Only once a full listing was seen: before it, every unit would look
+                    // orphaned (an API server unreachable at start-up must not stop pods).
+                    if listing.is_none() && *self.synced.borrow() {
                         self.sweep().await;
                     }
                 }

@@ -91,12 +91,17 @@ impl World {
 
     /// A world on `systemd`, whose first pod list (the watch's initial listing) is `initial`.
     async fn start_with(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
-        World::start_full(systemd, initial, &[]).await
+        World::start_full(systemd, Some(initial), &[]).await
     }
 
-    /// A world on `systemd` with `initial` pods and directories of these pod UIDs left on the
-    /// node (as a crash would leave them).
-    async fn start_full(systemd: Arc<FakeSystemd>, initial: &[Pod], pre_existing_dirs: &[&str]) -> World {
+    /// A world whose pod watch sends `listing` first, or nothing (an unreachable API server).
+    async fn start_listing(systemd: Arc<FakeSystemd>, listing: Option<&[Pod]>) -> World {
+        World::start_full(systemd, listing, &[]).await
+    }
+
+    /// A world on `systemd` with the `listing` of pods (or none) and directories of these pod
+    /// UIDs left on the node (as a crash would leave them).
+    async fn start_full(systemd: Arc<FakeSystemd>, listing: Option<&[Pod]>, pre_existing_dirs: &[&str]) -> World {
         let clock = World::clock();
         let api = Arc::new(FakePodApi::default());
         let events = Arc::new(FakeRecorder::default());
@@ -137,11 +142,13 @@ impl World {
         let stream = tokio_stream_of(rx);
         let hb = Heartbeats::default().register("pod manager", Duration::from_secs(30));
         let task = tokio::spawn(manager.run(stream, hb));
-        tx.send(Ok(Event::Init)).unwrap();
-        for p in initial {
-            tx.send(Ok(Event::InitApply(p.clone()))).unwrap();
+        if let Some(initial) = listing {
+            tx.send(Ok(Event::Init)).unwrap();
+            for p in initial {
+                tx.send(Ok(Event::InitApply(p.clone()))).unwrap();
+            }
+            tx.send(Ok(Event::InitDone)).unwrap();
         }
-        tx.send(Ok(Event::InitDone)).unwrap();
         World { systemd, objects, dirs, api, events, images, prober, logs, clock, pod_dir, pods: tx, cancel, task }
     }
 
@@ -514,5 +521,37 @@ async fn changes_missed_while_disconnected_are_seen_after_a_resync() {
     assert_eq!(w.starts(&u).len(), 1, "no signal, no reaction");
     w.systemd.resync();
     w.until("restarted after the resync", |w| w.starts(&u).len() == 2).await;
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn units_are_not_swept_before_a_first_listing() {
+    // The API server is unreachable at start-up: no pod list ever comes. The units on the node
+    // are the pods' of the last listing; vks must not take them for orphans.
+    let systemd = Arc::new(FakeSystemd::with_clock(World::clock()));
+    let p = pod("kept", "u1", serde_json::json!({"containers": [{"name": "app", "image": "/bin/app"}]}));
+    let image =
+        ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
+    let c = p.spec.as_ref().unwrap().containers[0].clone();
+    let node = NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() };
+    let plan = crate::unit::plan(
+        &p,
+        &c,
+        crate::unit::ContainerKind::App,
+        &image,
+        &node,
+        &crate::unit::ContainerData::default(),
+        |_| true,
+    )
+    .unwrap();
+    systemd.write_unit(&plan.name, &crate::unit::render(&plan).unwrap()).await.unwrap();
+    systemd.start(&plan.name).await.unwrap();
+    let w = World::start_listing(systemd.clone(), None).await;
+    w.run_for(super::RESYNC_INTERVAL * 5).await;
+    assert!(w.running(&plan.name), "swept without a listing: {:?}", w.systemd.calls());
+    // The listing comes, without the pod: now it is an orphan.
+    w.pods.send(Ok(Event::Init)).unwrap();
+    w.pods.send(Ok(Event::InitDone)).unwrap();
+    w.until("the orphan is removed", |w| !w.systemd.files().contains_key(&plan.name) && !w.running(&plan.name)).await;
     w.stop().await;
 }

@@ -21,6 +21,7 @@ mod node;
 mod package;
 mod pods;
 mod probes;
+mod static_pods;
 mod supervision;
 mod support;
 mod unit_roundtrip;

@@ -94,7 +94,7 @@ impl Worker {
         let links = spec.and_then(|s| s.enable_service_links).unwrap_or(true);
         let ns = self.id.namespace.clone();
         let services = if links { objects.services(&ns).await.map_err(DataBlock::waiting)? } else { Vec::new() };
-        data.service_env = crate::pods::data::service_env(objects.api_server.as_ref(), &services, &ns, links);
+        data.service_env = crate::pods::data::service_env(objects.api_server(), &services, &ns, links);
         Ok(data)
     }
 
