@@ -140,11 +140,11 @@ pub const CONTAINER_FIELDS: &[Field] = &[
     f("restartPolicyRules", Refused, "not supported yet"),
     f("securityContext", Refused, "any field set: not applied yet"),
     f("startupProbe", Honoured, "as livenessProbe; holds the other probes back until it passes"),
-    f("stdin", Refused, "true: attach is not supported yet"),
-    f("stdinOnce", Ignored, "only with stdin"),
+    f("stdin", Honoured, "true: the container reads a FIFO that `kubectl attach` writes to"),
+    f("stdinOnce", Ignored, "the FIFO stays open across attach sessions (Warning event)"),
     f("terminationMessagePath", Honoured, "a per-container file bound at this path; its last 4 KiB are the message"),
     f("terminationMessagePolicy", Honoured, "FallbackToLogsOnError takes the last 80 lines (2 KiB) from the journal"),
-    f("tty", Refused, "true: attach is not supported yet"),
+    f("tty", Ignored, "true: vks gives containers no terminal; `attach -t` is refused (Warning event)"),
     f("volumeDevices", Refused, "no block devices"),
     f(
         "volumeMounts",
@@ -282,9 +282,6 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
             why.push(format!("securityContext ({}) is not applied by vks yet", keys.join(", ")));
         }
     }
-    if c.stdin == Some(true) || c.tty == Some(true) {
-        why.push("stdin/tty: attach is not supported by vks yet".into());
-    }
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         why.push("volumeDevices are not supported by vks".into());
     }
@@ -330,6 +327,15 @@ pub fn warnings(pod: &Pod) -> Vec<String> {
         out.push("ephemeralContainers are not run by vks yet".into());
     }
     for c in unit_containers(spec) {
+        if c.tty == Some(true) {
+            out.push(format!("container {}: tty is ignored: vks gives containers no terminal", c.name));
+        }
+        if c.stdin == Some(true) && c.stdin_once == Some(true) {
+            out.push(format!(
+                "container {}: stdinOnce is ignored: the container's stdin stays open across attach sessions",
+                c.name
+            ));
+        }
         if c.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some_and(|r| !r.is_empty()) {
             out.push(format!("container {}: resources.requests are used by the scheduler only; vks does not reserve or weight them yet", c.name));
         }
