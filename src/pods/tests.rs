@@ -479,3 +479,52 @@ async fn changes_missed_while_disconnected_are_seen_after_a_resync() {
     w.until("restarted after the resync", |w| w.starts(&u).len() == 2).await;
     w.stop().await;
 }
+
+/// A unit of `p`'s first container, started, as an earlier vks left it.
+async fn leftover_unit(systemd: &FakeSystemd, p: &Pod) -> String {
+    let image =
+        ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
+    let c = p.spec.as_ref().unwrap().containers[0].clone();
+    let node = NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() };
+    let plan = crate::unit::plan(p, &c, crate::unit::ContainerKind::App, &image, &node, |_| true).unwrap();
+    systemd.write_unit(&plan.name, &crate::unit::render(&plan).unwrap()).await.unwrap();
+    systemd.start(&plan.name).await.unwrap();
+    plan.name
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_decided_on_a_guess_while_systemd_is_unreachable() {
+    // Found by the chaos test (tests/e2e_exclusive/chaos.rs): vks restarts, D-Bus restarts while
+    // it adopts the units. The unit of a pod gone from the API must not lose its file while it
+    // still runs (nothing would ever find and stop it again), and a running pod's unit must not
+    // be started again because it could not be read.
+    let systemd = Arc::new(FakeSystemd::with_clock(World::clock()));
+    let gone = pod("gone", "u-gone", serde_json::json!({"containers": [{"name": "app", "image": "/bin/app"}]}));
+    let gone_unit = leftover_unit(&systemd, &gone).await;
+    let mut kept = pod("kept", "u-kept", serde_json::json!({"containers": [{"name": "app", "image": "/bin/app"}]}));
+    let kept_unit = leftover_unit(&systemd, &kept).await;
+    kept.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "phase": "Running",
+            "containerStatuses": [{"name": "app", "image": "/bin/app", "imageID": "file:///bin/app", "ready": true,
+                "restartCount": 0, "state": {"running": {}}}]
+        }))
+        .unwrap(),
+    );
+    systemd.disconnect();
+    let w = World::start_with(systemd.clone(), std::slice::from_ref(&kept)).await;
+    w.run_for(Duration::from_secs(30)).await;
+    assert!(w.systemd.files().contains_key(&gone_unit), "the file stays while its unit may run");
+    assert!(w.running(&gone_unit) && w.running(&kept_unit));
+
+    w.systemd.reconnect();
+    w.until("the gone pod's unit stopped and removed", |w| {
+        !w.running(&gone_unit) && !w.systemd.files().contains_key(&gone_unit)
+    })
+    .await;
+    w.run_for(Duration::from_secs(10)).await;
+    assert!(w.running(&kept_unit));
+    assert_eq!(w.starts(&kept_unit).len(), 1, "only the earlier vks started it: {:?}", w.systemd.calls());
+    assert_eq!(w.container("u-kept", "app").restart_count, 0);
+    w.stop().await;
+}
