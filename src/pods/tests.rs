@@ -83,6 +83,14 @@ impl World {
 
     /// A world on `systemd`, whose first pod list (the watch's initial listing) is `initial`.
     async fn start_with(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
+        let w = World::start_listing(systemd, initial).await;
+        w.pods.send(Ok(Event::InitDone)).unwrap();
+        w
+    }
+
+    /// As [`World::start_with`], but the initial listing is not finished yet: the test sends
+    /// `Event::InitDone` itself.
+    async fn start_listing(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
         let clock = World::clock();
         let api = Arc::new(FakePodApi::default());
         let events = Arc::new(FakeRecorder::default());
@@ -108,7 +116,6 @@ impl World {
         for p in initial {
             tx.send(Ok(Event::InitApply(p.clone()))).unwrap();
         }
-        tx.send(Ok(Event::InitDone)).unwrap();
         World { systemd, api, events, images, clock, pods: tx, cancel, task }
     }
 
@@ -526,5 +533,28 @@ async fn nothing_is_decided_on_a_guess_while_systemd_is_unreachable() {
     assert!(w.running(&kept_unit));
     assert_eq!(w.starts(&kept_unit).len(), 1, "only the earlier vks started it: {:?}", w.systemd.calls());
     assert_eq!(w.container("u-kept", "app").restart_count, 0);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_reused_while_vks_was_down_waits_for_the_old_unit() {
+    // Found by the chaos test: a pod force-deleted and created again under the same name while
+    // vks was down. The old pod's unit (its UID in the file) is swept, the new pod's started:
+    // they must not race, or the sweep stops the new pod's container (a needless restart).
+    let systemd = Arc::new(FakeSystemd::with_clock(World::clock()));
+    let old = pod("same", "old", serde_json::json!({"containers": [{"name": "app", "image": "/bin/app"}]}));
+    let u = leftover_unit(&systemd, &old).await;
+    let new = pod("same", "new", serde_json::json!({"containers": [{"name": "app", "image": "/bin/app"}]}));
+    // The listing ends late (a long list): the new pod's worker runs before the sweep.
+    systemd.ignore_sigterm(&u);
+    let w = World::start_listing(systemd.clone(), std::slice::from_ref(&new)).await;
+    w.run_for(Duration::from_secs(1)).await;
+    w.pods.send(Ok(Event::InitDone)).unwrap();
+    w.until("the new pod runs", |w| is_running(&w.container("new", "app"))).await;
+    w.run_for(Duration::from_secs(60)).await;
+    let c = w.container("new", "app");
+    assert!(is_running(&c) && w.running(&u), "{c:?}");
+    assert_eq!(c.restart_count, 0, "{:?}", w.systemd.calls());
+    assert!(w.systemd.files()[&u].contains("PodUID=new"));
     w.stop().await;
 }

@@ -115,6 +115,13 @@ impl Shared {
         }
     }
 
+    /// Records the pod named in a unit file found on the node as the owner of that unit, before
+    /// any worker runs: a new pod reusing the name (deleted and created again while vks was
+    /// down) then waits until the old pod's worker removed the unit, instead of racing it.
+    pub fn claim_found(&self, unit: &str, uid: &str) {
+        let _ = self.claim(unit, uid);
+    }
+
     fn release(&self, unit: &str, uid: &str) {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         if owners.get(unit).is_some_and(|o| o == uid) {
