@@ -307,6 +307,11 @@ impl PodManager {
     /// Runs until `cancel` fires, or returns an error when the pod event stream ends.
     pub async fn run(mut self, mut pods: PodEvents, heartbeat: Heartbeat) -> anyhow::Result<()> {
         self.adopted = self.scan_units().await;
+        for (uid, units) in &self.adopted {
+            for a in units {
+                self.shared.claim_found(&a.unit, uid);
+            }
+        }
         let adopted_units: usize = self.adopted.values().map(Vec::len).sum();
         if adopted_units > 0 {
             log::info!("found {adopted_units} vks unit(s) on the node; adopting them");

@@ -35,6 +35,8 @@ struct State {
     broken: HashSet<String>,
     /// Units whose next status read panics (to test the supervision of the caller).
     panic_once: HashSet<String>,
+    /// The D-Bus connection is down: every call to systemd fails (unit files still work).
+    disconnected: bool,
 }
 
 /// A fake systemd. Started units stay `active/running` until [`FakeSystemd::exit`] or a signal.
@@ -139,6 +141,22 @@ impl FakeSystemd {
         self.lock().watchers = watchers;
     }
 
+    /// Drops the D-Bus connection: calls to systemd fail with `Disconnected` until
+    /// [`FakeSystemd::reconnect`] (unit files are files: they still work).
+    pub fn disconnect(&self) {
+        self.lock().disconnected = true;
+    }
+
+    /// Restores the connection and resyncs every watcher, as vks does after a reconnection.
+    pub fn reconnect(&self) {
+        self.lock().disconnected = false;
+        self.resync();
+    }
+
+    fn connected(&self) -> Result<(), SystemdError> {
+        if self.lock().disconnected { Err(SystemdError::Disconnected) } else { Ok(()) }
+    }
+
     /// Tells every watcher to re-read its units, as after a reconnection.
     pub fn resync(&self) {
         self.lock().watchers.retain(|(_, tx)| tx.send(UnitEvent::Resync).is_ok());
@@ -222,12 +240,14 @@ impl Systemd for FakeSystemd {
     }
 
     async fn reload(&self) -> Result<(), SystemdError> {
+        self.connected()?;
         let mut s = self.lock();
         self.record(&mut s, "reload".into());
         Ok(())
     }
 
     async fn restart(&self, name: &str) -> Result<(), SystemdError> {
+        self.connected()?;
         {
             let mut s = self.lock();
             self.record(&mut s, format!("restart {name}"));
@@ -239,6 +259,7 @@ impl Systemd for FakeSystemd {
     }
 
     async fn start(&self, name: &str) -> Result<(), SystemdError> {
+        self.connected()?;
         {
             let mut s = self.lock();
             self.record(&mut s, format!("start {name}"));
@@ -247,6 +268,7 @@ impl Systemd for FakeSystemd {
     }
 
     async fn stop(&self, name: &str) -> Result<(), SystemdError> {
+        self.connected()?;
         let mut s = self.lock();
         self.record(&mut s, format!("stop {name}"));
         if !s.units.contains_key(name) {
@@ -262,6 +284,7 @@ impl Systemd for FakeSystemd {
     }
 
     async fn kill(&self, name: &str, whom: KillWhom, signal: Signal) -> Result<(), SystemdError> {
+        self.connected()?;
         let mut s = self.lock();
         self.record(&mut s, format!("kill {name} {whom:?} {signal}"));
         if !s.units.contains_key(name) {
@@ -275,6 +298,7 @@ impl Systemd for FakeSystemd {
     }
 
     async fn reset_failed(&self, name: &str) -> Result<(), SystemdError> {
+        self.connected()?;
         let mut s = self.lock();
         self.record(&mut s, format!("reset-failed {name}"));
         if s.units.get(name).is_some_and(|u| u.active_state == ActiveState::Failed) {
@@ -284,6 +308,7 @@ impl Systemd for FakeSystemd {
     }
 
     async fn status(&self, name: &str) -> Result<UnitStatus, SystemdError> {
+        self.connected()?;
         let injected = self.lock().panic_once.remove(name);
         assert!(!injected, "injected panic reading {name}");
         let s = self.lock();

@@ -7,6 +7,8 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
+mod chaos;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;

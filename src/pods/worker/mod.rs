@@ -148,6 +148,13 @@ impl Shared {
         }
     }
 
+    /// Records the pod named in a unit file found on the node as the owner of that unit, before
+    /// any worker runs: a new pod reusing the name (deleted and created again while vks was
+    /// down) then waits until the old pod's worker removed the unit, instead of racing it.
+    pub fn claim_found(&self, unit: &str, uid: &str) {
+        let _ = self.claim(unit, uid);
+    }
+
     fn release(&self, unit: &str, uid: &str) {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         if owners.get(unit).is_some_and(|o| o == uid) {
@@ -232,6 +239,9 @@ pub struct Worker {
     /// A new pod's first status waits this long for its containers to start, so that a pod that
     /// starts at once costs one status write instead of two.
     first_publish_hold: Option<Instant>,
+    /// A unit could not be read (systemd unreachable): nothing is decided on a guess until it
+    /// is read, which is tried again at this time (or when a resync comes first).
+    read_retry: Option<Instant>,
     /// The phase and container states last reported (for vks's own metrics).
     reported: (Option<String>, Vec<&'static str>),
     /// Why the pod was rejected at admission (reason, message): it never runs here.
@@ -316,6 +326,7 @@ impl Worker {
             last_status: None,
             status_retry: None,
             first_publish_hold,
+            read_retry: None,
             rejected,
             reported: (None, Vec::new()),
             deadline_exceeded: false,
@@ -408,6 +419,10 @@ impl Worker {
     }
 
     fn next_wake(&self) -> Option<Instant> {
+        // Until its units are read, a worker decides nothing: its other timers wait.
+        if self.read_retry.is_some() {
+            return self.read_retry;
+        }
         let clock = &self.shared.clock;
         let mut wake: Vec<Instant> = Vec::new();
         for c in &self.ctrs {
@@ -431,8 +446,9 @@ impl Worker {
     }
 
     /// Reads the units whose known status is missing or stale; the others are kept current by
-    /// systemd's signals.
-    async fn refresh(&mut self) {
+    /// systemd's signals. False when a unit could not be read.
+    async fn refresh(&mut self) -> bool {
+        let mut all_read = true;
         for i in 0..self.ctrs.len() {
             if self.ctrs[i].written.is_none() {
                 self.ctrs[i].unit_status = None;
@@ -454,13 +470,24 @@ impl Worker {
                     self.ctrs[i].written = None;
                 }
                 // Stays stale: read again next round (a reconnection resyncs every unit).
-                Err(e) => log::warn!(unit = unit.as_str(); "reading unit {unit}: {e}"),
+                Err(e) => {
+                    log::warn!(unit = unit.as_str(); "reading unit {unit}: {e}");
+                    all_read = false;
+                }
             }
         }
+        all_read
     }
 
     async fn round(&mut self) -> Flow {
-        self.refresh().await;
+        // A unit whose state is unknown is neither started, stopped nor removed on a guess (an
+        // adopted unit read as "not started" would be started again; one read as "not running"
+        // would lose its file while it runs on, out of every pod's reach).
+        if !self.refresh().await {
+            self.read_retry = Some(Instant::now() + CALL_RETRY);
+            return Flow::Continue;
+        }
+        self.read_retry = None;
         self.handle_exits().await;
         self.sync_hooks();
         self.sync_probes();

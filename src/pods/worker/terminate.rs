@@ -147,8 +147,9 @@ impl Worker {
         self.finish()
     }
 
-    /// Everything stopped: removes the units and the pod directory. False when a unit file could
-    /// not be removed (tried again next round).
+    /// Everything stopped: removes the units and the pod directory. False when a unit could not
+    /// be stopped or its file removed (tried again next round): a unit file is removed only once
+    /// its unit is stopped, or the unit would run on with nothing left to find it by.
     async fn remove_units(&mut self) -> bool {
         for c in &self.ctrs {
             if c.written.is_none() && c.unit_status.is_none() {
@@ -159,6 +160,7 @@ impl Worker {
                 && !matches!(e, SystemdError::NoSuchUnit(_))
             {
                 log::warn!(unit = c.unit.as_str(); "stopping unit {}: {e}", c.unit);
+                return false;
             }
             if let Err(e) = sd.remove_unit_file(&c.unit).await {
                 log::warn!(unit = c.unit.as_str(); "{e}");
