@@ -317,16 +317,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let (events, event_task) = crate::events::EventSink::new(client.clone(), &id.name, cancel.clone());
     tasks.spawn("events", event_task);
-    let shared = Arc::new(Shared::new(
-        Arc::new(KubePodApi::new(client.clone())),
-        Arc::new(events),
-        systemd.clone(),
-        images,
-        Clock::system(),
-        NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
-        config.paths.pod_dir.clone(),
-        health.clone(),
-    ));
+    let facts = {
+        let state_dir = config.paths.state_dir.clone();
+        tokio::task::spawn_blocking(move || host::HostFacts::read(&state_dir)).await.context("host probe task")??
+    };
+    let allocatable = crate::node::status::allocatable(&config, &facts);
+    let pods_memory_max = crate::node::status::pods_memory_max(&config, &facts);
+    let shared = Arc::new(
+        Shared::new(
+            Arc::new(KubePodApi::new(client.clone())),
+            Arc::new(events),
+            systemd.clone(),
+            images,
+            Clock::system(),
+            NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string(), policy: config.node_policy() },
+            config.paths.pod_dir.clone(),
+            health.clone(),
+        )
+        .with_node_resources(allocatable, pods_memory_max, config.security.report_exposure),
+    );
     let pod_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
         let manager = PodManager::new(shared, cancel.clone(), pod_count.clone()).reporting_sync_to(pods_synced);

@@ -14,6 +14,8 @@ use super::names::{
 use super::*;
 use crate::quantity::Threshold;
 
+mod limits;
+
 impl Config {
     /// Validates a parsed TOML table; on failure returns every problem found.
     pub fn from_toml(mut root: Table, hostname: &str) -> Result<Config, Vec<String>> {
@@ -25,6 +27,8 @@ impl Config {
         let mut log = Section::take(&mut root, "log", &mut errs);
         let mut eviction = Section::take(&mut root, "eviction", &mut errs);
         let mut images = Section::take(&mut root, "images", &mut errs);
+        let mut resources = Section::take(&mut root, "resources", &mut errs);
+        let mut security = Section::take(&mut root, "security", &mut errs);
         for (key, value) in root {
             errs.push(format!("{key}: unknown key (value {})", show(&value)));
         }
@@ -108,6 +112,10 @@ impl Config {
             apt_sources: images.apt_sources("apt_sources", &mut errs),
         };
         images.finish(&mut errs);
+        let resources_cfg = resources.resources(&mut errs);
+        resources.finish(&mut errs);
+        let security_cfg = security.security(&mut errs);
+        security.finish(&mut errs);
 
         if errs.0.is_empty() {
             Ok(Config {
@@ -118,6 +126,8 @@ impl Config {
                 log: log_cfg,
                 eviction: eviction_cfg,
                 images: images_cfg,
+                resources: resources_cfg,
+                security: security_cfg,
             })
         } else {
             Err(errs.0)

@@ -71,6 +71,8 @@ struct World {
 }
 
 const START: u64 = 1_800_000_000;
+/// The node-level slices the pod manager writes when it starts (they stay).
+const NODE_SLICES: [&str; 3] = ["vks.slice", "vks-burstable.slice", "vks-besteffort.slice"];
 
 impl World {
     async fn start() -> World {
@@ -83,6 +85,15 @@ impl World {
 
     /// A world on `systemd`, whose first pod list (the watch's initial listing) is `initial`.
     async fn start_with(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
+        World::start_node(systemd, initial, None).await
+    }
+
+    /// A world whose node admits pods against `allocatable`.
+    async fn start_node(
+        systemd: Arc<FakeSystemd>,
+        initial: &[Pod],
+        allocatable: Option<crate::unit::resources::NodeAllocatable>,
+    ) -> World {
         let clock = World::clock();
         let api = Arc::new(FakePodApi::default());
         let events = Arc::new(FakeRecorder::default());
@@ -93,11 +104,14 @@ impl World {
             systemd.clone(),
             images.clone(),
             clock,
-            NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() },
+            NodeContext::new("n1", "10.0.0.5"),
             std::env::temp_dir().join(format!("vks-pods-test-{}", std::process::id())),
             Arc::new(ApiHealth::default()),
         );
         shared.is_executable = |_| true;
+        if let Some(a) = allocatable {
+            shared = shared.with_node_resources(a, None, true);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let manager = PodManager::new(Arc::new(shared), cancel.clone(), Default::default());
@@ -341,7 +355,8 @@ async fn deletion_stops_apps_then_sidecars_and_kills_at_the_end_of_the_grace_per
     w.until("the pod object is deleted", |w| w.api.deleted().iter().any(|p| p.uid == "u1")).await;
     // The grace period is shared: what still runs at its end is killed, sidecars included.
     assert!(w.systemd.calls().iter().any(|c| c == &format!("kill {side} All SIGKILL")));
-    assert!(w.systemd.files().is_empty(), "unit files removed: {:?}", w.systemd.files().keys());
+    let left: Vec<String> = w.systemd.files().into_keys().filter(|f| !NODE_SLICES.contains(&f.as_str())).collect();
+    assert!(left.is_empty(), "unit files and pod slices removed: {left:?}");
     w.stop().await;
 }
 
@@ -401,7 +416,7 @@ async fn units_on_the_node_are_adopted_without_a_restart() {
     let image =
         ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
     let c = p.spec.as_ref().unwrap().containers[0].clone();
-    let node = NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() };
+    let node = NodeContext::new("n1", "10.0.0.5");
     let plan = crate::unit::plan(&p, &c, crate::unit::ContainerKind::App, &image, &node, |_| true).unwrap();
     systemd.write_unit(&plan.name, &crate::unit::render(&plan).unwrap()).await.unwrap();
     systemd.start(&plan.name).await.unwrap();
@@ -479,3 +494,5 @@ async fn changes_missed_while_disconnected_are_seen_after_a_resync() {
     w.until("restarted after the resync", |w| w.starts(&u).len() == 2).await;
     w.stop().await;
 }
+
+mod limits;

@@ -96,6 +96,12 @@ pub(super) struct Ctr {
     /// The API says this container ran, but its unit is gone (the node rebooted): the next
     /// start counts as a restart, as the kubelet counts a container lost with its sandbox.
     pub lost_run: Option<ContainerStateTerminated>,
+    /// The run (start and exit time) the kernel's OOM killer ended (seen on cgroup v1).
+    pub oom_exit: Option<(u64, u64)>,
+    /// The resource settings the running unit was started or resized with.
+    pub applied: Option<crate::unit::resources::ContainerLimits>,
+    /// The container was stopped for a resize: it starts again at once when it exits.
+    pub resize_restart: bool,
 }
 
 impl Ctr {
@@ -144,6 +150,9 @@ impl Ctr {
             image_failures: 0,
             observed_exit: None,
             lost_run,
+            oom_exit: None,
+            applied: None,
+            resize_restart: false,
         }
     }
 
@@ -152,6 +161,13 @@ impl Ctr {
     pub(super) fn run(&self) -> UnitRun {
         match self.unit_status.as_ref().map_or(UnitRun::NotStarted, status::unit_run) {
             UnitRun::NotStarted => self.observed_exit.clone().map_or(UnitRun::NotStarted, UnitRun::Exited),
+            UnitRun::Exited(mut t)
+                if self.oom_exit.is_some()
+                    && self.oom_exit == self.unit_status.as_ref().map(|s| (s.started_usec, s.exited_usec)) =>
+            {
+                t.reason = Some("OOMKilled".into());
+                UnitRun::Exited(t)
+            }
             run => run,
         }
     }

@@ -16,12 +16,14 @@
 //! - `terminate.rs`: graceful deletion;
 //! - `publish.rs`: the status as the API sees it, and the patch.
 
+mod confine;
 mod container;
 mod launch;
 mod publish;
+mod resize;
 mod terminate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -74,6 +76,21 @@ pub struct Shared {
     /// Unit names whose pod was removed: systemd may still have them loaded, so a new unit file
     /// under such a name needs a check for `NeedDaemonReload`.
     released: Mutex<HashSet<String>>,
+    /// Node allocatable, against which pods are admitted (none: no resource check).
+    allocatable: Option<crate::unit::resources::NodeAllocatable>,
+    /// Whether each container's `systemd-analyze security` exposure is reported as an event.
+    report_exposure: bool,
+    /// The node-level slices (`vks.slice` and the QoS slices), as (name, file).
+    pub(super) node_slices: Vec<(String, String)>,
+    /// What the admitted, not yet finished pods request, by UID.
+    admitted: Mutex<BTreeMap<String, Admitted>>,
+}
+
+/// What an admitted pod holds of node allocatable.
+#[derive(Debug, Clone, Default)]
+struct Admitted {
+    requests: crate::unit::resources::Amounts,
+    extended: BTreeMap<String, u64>,
 }
 
 impl Shared {
@@ -101,6 +118,10 @@ impl Shared {
             health,
             owners: Mutex::default(),
             released: Mutex::default(),
+            allocatable: None,
+            report_exposure: false,
+            node_slices: crate::unit::resources::node_slices(&Default::default(), None),
+            admitted: Mutex::default(),
         }
     }
 
@@ -194,7 +215,9 @@ pub struct Worker {
     /// starts at once costs one status write instead of two.
     first_publish_hold: Option<Instant>,
     /// Why the pod was rejected at admission (reason, message): it never runs here.
-    rejected: Option<(&'static str, String)>,
+    rejected: Option<(String, String)>,
+    /// The pod's in-place resize as the status shows it (see `resize.rs`).
+    resize: resize::ResizeState,
     /// A run is known from the Service interface's signal but not yet its InvocationID (the
     /// Unit interface's signal comes separately): publishing waits for it until this time, then
     /// reads the units once.
@@ -250,7 +273,7 @@ impl Worker {
         let frozen = terminal && adopted.is_empty();
         let first_publish_hold =
             api_status.container_statuses.is_none().then(|| Instant::now() + publish::FIRST_STATUS_HOLD);
-        let rejected = (!terminal && adopted.is_empty()).then(|| super::fields::admission(&pod)).flatten();
+        let rejected = if terminal { None } else { shared.admit(&pod, adopted.is_empty()) };
         if rejected.is_none() && !terminal {
             for w in super::fields::warnings(&pod) {
                 log::warn!(pod = id.to_string().as_str(); "pod {id}: {w}");
@@ -271,6 +294,7 @@ impl Worker {
             status_retry: None,
             first_publish_hold,
             rejected,
+            resize: resize::ResizeState::default(),
             id_wait: None,
             tx: tx.clone(),
             rx,
@@ -411,7 +435,10 @@ impl Worker {
             self.check_terminal();
         }
         if self.terminal {
+            self.shared.leave(&self.id.uid);
             self.stop_sidecars().await;
+        } else {
+            self.resize().await;
         }
         self.publish().await
     }
@@ -433,13 +460,19 @@ impl Worker {
             // A container is its main process: once it exits, nothing of it may keep running.
             let _ =
                 self.shared.systemd.kill(&unit, crate::systemd::KillWhom::All, crate::systemd::Signal::SIGKILL).await;
-            let restart = !deleting && !self.terminal && c.policy.restarts_after(t.exit_code);
+            let forced = c.resize_restart && !deleting;
+            let restart = forced || (!deleting && !self.terminal && c.policy.restarts_after(t.exit_code));
+            if !deleting {
+                self.check_oom(i, run_key).await;
+            }
+            let t = self.ctrs[i].exited().unwrap_or(t);
             let c = &mut self.ctrs[i];
             c.handled_exit = Some(run_key);
             c.observed_exit = Some(t.clone());
+            c.resize_restart = false;
             if restart {
                 let finished = system_time(&t).unwrap_or(now);
-                c.restart_at = Some(now + c.backoff.delay(finished, now));
+                c.restart_at = Some(if forced { now } else { now + c.backoff.delay(finished, now) });
             }
             if t.exit_code != 0 {
                 log::info!(

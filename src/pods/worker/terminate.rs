@@ -142,6 +142,9 @@ impl Worker {
             }
             let _ = sd.reset_failed(&c.unit).await;
         }
+        if !self.remove_slices().await {
+            return false;
+        }
         let dir = self.shared.pod_dir.join(&self.id.uid);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
@@ -155,6 +158,7 @@ impl Worker {
     }
 
     pub(super) fn finish(&mut self) -> Flow {
+        self.shared.leave(&self.id.uid);
         for c in &self.ctrs {
             self.shared.release(&c.unit, &self.id.uid);
         }
