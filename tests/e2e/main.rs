@@ -11,6 +11,7 @@
 mod debs;
 mod images;
 mod k3s_join;
+mod limits;
 mod node;
 mod package;
 mod pods;
