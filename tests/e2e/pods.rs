@@ -47,7 +47,7 @@ fn sh(name: &str, script: &str) -> serde_json::Value {
 
 /// Units of vks in the node's unit directory.
 fn unit_files(node: &Node) -> Vec<String> {
-    node.sh("ls /run/systemd/system | grep '^vks\\.' || true").lines().map(str::to_owned).collect()
+    node.sh("ls /run/systemd/system | grep '^vks\\..*\\.service$' || true").lines().map(str::to_owned).collect()
 }
 
 #[tokio::test]
