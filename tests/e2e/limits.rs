@@ -498,3 +498,58 @@ async fn uptimed_runs_under_the_default_profile() {
     let p = get_pod(&client, &ns.name, "uptimed").await.unwrap();
     assert_eq!(try_status(&p, "uptimed").unwrap().restart_count, 0);
 }
+
+/// A v1 cgroup file of a unit, or its v2 counterpart, read from the node.
+fn cgroup_value(node: &Node, unit: &str, v1: (&str, &str), v2: &str) -> String {
+    let cg = node.unit_prop(unit, "ControlGroup");
+    let script = format!(
+        "if [ -e /sys/fs/cgroup/cgroup.controllers ]; then cat /sys/fs/cgroup{cg}/{v2}; \
+         else cat /sys/fs/cgroup/{}{cg}/{}; fi",
+        v1.0, v1.1
+    );
+    node.sh(&script).trim().to_owned()
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
+async fn a_resize_is_applied_live_without_a_restart() {
+    let node = Node::up("lim-resize");
+    let ns = Namespace::new("lim-resize");
+    let client = client().await;
+    let mut c = sh("c", "exec sleep 3600");
+    c["resources"] = json!({ "limits": { "cpu": "200m", "memory": "64Mi" } });
+    create_pod(&client, &ns.name, pod("r", &node, json!({ "containers": [c] }))).await;
+    wait_phase(&client, &ns.name, "r", "Running", LONG).await;
+    let unit = unit_name(&ns.name, "r", "c");
+    let invocation = node.unit_prop(&unit, "InvocationID");
+    let memory = || cgroup_value(&node, &unit, ("memory", "memory.limit_in_bytes"), "memory.max");
+    let quota = || cgroup_value(&node, &unit, ("cpu", "cpu.cfs_quota_us"), "cpu.max");
+    assert_eq!(memory(), "67108864");
+    assert!(quota().starts_with("20000"), "{}", quota());
+
+    let patch = json!({ "spec": { "containers": [{ "name": "c", "resources": {
+        "limits": { "cpu": "500m", "memory": "128Mi" }, "requests": { "cpu": "500m", "memory": "128Mi" } } }] } });
+    kubectl(&["patch", "pod", "r", "-n", &ns.name, "--subresource", "resize", "-p", &patch.to_string()]);
+    wait_for("the new limits in the container's cgroup", Duration::from_secs(30), async || {
+        let (m, q) = (memory(), quota());
+        if m == "134217728" && q.starts_with("50000") { Ok(()) } else { Err(format!("memory {m}, quota {q}")) }
+    })
+    .await;
+    assert_eq!(node.unit_prop(&unit, "InvocationID"), invocation, "not restarted");
+    let p = wait_for("the applied resources in the status", Duration::from_secs(30), async || {
+        let p = get_pod(&client, &ns.name, "r").await.ok_or("gone")?;
+        let s = try_status(&p, "c")?;
+        let limits = s.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+        match limits.get("memory") {
+            Some(q) if q.0 == "134217728" => Ok(p),
+            _ => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    let s = try_status(&p, "c").unwrap();
+    assert_eq!(s.restart_count, 0);
+    assert_eq!(s.allocated_resources.as_ref().unwrap()["cpu"].0, "500m");
+    let conditions = p.status.unwrap().conditions.unwrap_or_default();
+    assert!(!conditions.iter().any(|c| c.type_.starts_with("PodResize")), "{conditions:?}");
+    assert!(events(&ns.name, "r").iter().any(|(r, _)| r == "Resized"));
+}
