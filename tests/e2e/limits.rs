@@ -459,7 +459,7 @@ async fn uptimed_runs_under_the_default_profile() {
     let mut manifest: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     manifest["spec"]["nodeName"] = json!(node.name);
     manifest["metadata"]["namespace"] = json!(ns.name);
-    create_pod(&client, &ns.name, manifest).await;
+    create_pod(&client, &ns.name, manifest.clone()).await;
     wait_phase(&client, &ns.name, "uptimed", "Running", Duration::from_secs(300)).await;
     let unit = unit_name(&ns.name, "uptimed", "uptimed");
     for (prop, want) in [
@@ -489,14 +489,33 @@ async fn uptimed_runs_under_the_default_profile() {
         out.status.success().then_some(()).ok_or("no records yet".to_owned())
     })
     .await;
-    let ev = wait_for("the exposure event", Duration::from_secs(60), async || {
-        let ev = events(&ns.name, "uptimed");
-        ev.iter().find(|(r, _)| r == "SecurityExposure").cloned().ok_or(format!("{ev:?}"))
-    })
-    .await;
-    eprintln!("{}", ev.1);
     let p = get_pod(&client, &ns.name, "uptimed").await.unwrap();
     assert_eq!(try_status(&p, "uptimed").unwrap().restart_count, 0);
+
+    // The exposure scores (systemd-analyze security) of uptimed and of a plain binary, under
+    // the default profile and with it off.
+    let mut open = manifest.clone();
+    open["metadata"] = json!({ "name": "uptimed-open", "namespace": ns.name,
+                               "annotations": { "vks.io/hardening": "off" } });
+    create_pod(&client, &ns.name, open).await;
+    create_pod(&client, &ns.name, pod("plain", &node, json!({ "containers": [sh("c", "exec sleep 3600")] }))).await;
+    let mut plain_open = pod("plain-open", &node, json!({ "containers": [sh("c", "exec sleep 3600")] }));
+    plain_open["metadata"]["annotations"] = json!({ "vks.io/hardening": "off" });
+    create_pod(&client, &ns.name, plain_open).await;
+    let mut score = BTreeMap::new();
+    for name in ["uptimed", "uptimed-open", "plain", "plain-open"] {
+        let ev = wait_for(&format!("the exposure event of {name}"), Duration::from_secs(120), async || {
+            let ev = events(&ns.name, name);
+            ev.iter().find(|(r, _)| r == "SecurityExposure").cloned().ok_or(format!("{ev:?}"))
+        })
+        .await;
+        eprintln!("{name}: {}", ev.1);
+        let s: f64 = ev.1.split("exposure ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+        score.insert(name, s);
+    }
+    assert!(score["uptimed"] < score["uptimed-open"], "{score:?}");
+    assert!(score["plain"] < score["plain-open"], "{score:?}");
+    assert!(score["plain"] <= 5.0, "the default profile makes a plain binary at most MEDIUM: {score:?}");
 }
 
 /// A v1 cgroup file of a unit, or its v2 counterpart, read from the node.
