@@ -75,13 +75,21 @@ impl tower::Service<http::Request<kube::client::Body>> for Switch {
     }
 }
 
+/// Counts a response (its status code) or a request that got none, in [`crate::metrics`].
+fn observe<B, E>(r: Result<http::Response<B>, E>) -> Result<http::Response<B>, E> {
+    crate::metrics::metrics().api_response(r.as_ref().ok().map(|resp| resp.status().as_u16()));
+    r
+}
+
 fn counting_client(config: kube::Config, sent: &Arc<AtomicU64>) -> Result<kube::Client, kube::Error> {
     let sent = sent.clone();
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         sent.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().api_request(req.method().as_str());
         req
     });
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())
+    let responses = tower::util::MapResultLayer::new(observe);
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&responses).with_layer(&count).build())
 }
 
 /// Builds the clients from a kubeconfig file (its current context).

@@ -1,8 +1,10 @@
-//! Command-line interface (clap): `vks [run]`, `vks check`, `vks join`, `--config`, `--version`.
+//! Command-line interface (clap): `vks [run]`, `vks check`, `vks join`, `vks pods`, `vks logs`,
+//! `--config`, `--version`. The commands' logic lives in the library ([`crate::daemon`],
+//! [`crate::inspect`]); this is only the grammar and its help.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
@@ -28,6 +30,63 @@ pub enum Command {
     /// Register this machine with the cluster of `[cluster] server` using the token, writing the
     /// node's credentials; does nothing while valid credentials exist (safe to re-run).
     Join,
+    /// List the pods this node runs, static and scheduled.
+    ///
+    /// One line per pod: namespace, name, ready app containers, phase, restarts, age, each
+    /// container's state, and where the pod comes from (its manifest file, or `api`). Read
+    /// directly from systemd (the vks units and their [X-Kubernetes] sections, over D-Bus), the
+    /// status vks records in /run/vks/status and the manifests of `[static] manifest_dir`: it
+    /// works whether vks runs or not, with or without a cluster. Manifest files that are not
+    /// run are listed after the pods with the reason. Needs root.
+    Pods(PodsArgs),
+    /// Print a container's output from the journal.
+    ///
+    /// POD is a pod name as `vks pods` shows it (a static pod is `<name>-<node>`), or
+    /// NAMESPACE/NAME. Without -c, the pod's first app container. Every run of the container is
+    /// included (journalctl VKS_POD_UID=<uid> VKS_CONTAINER=<name>). Exits non-zero naming the
+    /// pod or container when it does not exist on this node. Needs root (or the systemd-journal
+    /// group).
+    Logs(LogsArgs),
+}
+
+/// `vks pods` options.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct PodsArgs {
+    /// Only pods of this namespace.
+    #[arg(short, long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// `vks logs` options.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct LogsArgs {
+    /// The pod: NAME or NAMESPACE/NAME.
+    pub pod: String,
+    /// The container (default: the pod's first app container).
+    #[arg(short, long, value_name = "CONTAINER")]
+    pub container: Option<String>,
+    /// The pod's namespace, when its name is used in several.
+    #[arg(short, long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Keep printing new lines as they come (until interrupted).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+}
+
+impl LogsArgs {
+    /// The request for [`crate::inspect::logs::logs`].
+    pub fn request(&self) -> crate::inspect::logs::Request {
+        crate::inspect::logs::Request {
+            pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
+            container: self.container.clone(),
+            follow: self.follow,
+            tail: self.tail,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -46,5 +105,16 @@ mod tests {
         assert_eq!(c.command, Some(Command::Run));
         assert_eq!(Cli::try_parse_from(["vks", "join"]).unwrap().command, Some(Command::Join));
         assert!(Cli::try_parse_from(["vks", "frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn pods_and_logs_take_their_options() {
+        let c = Cli::try_parse_from(["vks", "pods", "-n", "ops"]).unwrap();
+        assert_eq!(c.command, Some(Command::Pods(PodsArgs { namespace: Some("ops".into()) })));
+        let c = Cli::try_parse_from(["vks", "logs", "web-n1", "-c", "app", "-f", "--tail", "20"]).unwrap();
+        let Some(Command::Logs(l)) = c.command else { panic!() };
+        let r = l.request();
+        assert_eq!((r.pod.as_str(), r.container.as_deref(), r.follow, r.tail), ("web-n1", Some("app"), true, Some(20)));
+        assert!(Cli::try_parse_from(["vks", "logs"]).is_err(), "the pod is required");
     }
 }

@@ -34,6 +34,29 @@ fn main() -> ExitCode {
         }
         Command::Run => run(config),
         Command::Join => join(config),
+        Command::Pods(args) => inspect(&config, async |c| {
+            print!("{}", vks::inspect::pods(c, args.namespace.as_deref()).await?);
+            Ok(0)
+        }),
+        Command::Logs(args) => inspect(&config, async |c| vks::inspect::logs::logs(c, &args.request()).await),
+    }
+}
+
+/// `vks pods`, `vks logs`: run on a small runtime; errors on stderr, exit 1.
+fn inspect(config: &Config, f: impl AsyncFnOnce(&Config) -> anyhow::Result<i32>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vks: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f(config)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("vks: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

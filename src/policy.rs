@@ -1,10 +1,46 @@
-//! A pod's policies as types: restart policy and image pull policy. The API server validates and
+//! A pod's policies as types: the kinds of containers, restart policy and image pull policy. The API server validates and
 //! defaults both, so an unknown spelling can only come from a newer API; vks treats it like the
 //! API server's default and says so where it reads it.
 
 use std::fmt;
 
-use crate::unit::ContainerKind;
+/// What role a container plays in its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerKind {
+    /// An init container: runs to completion, in order, before the app containers.
+    Init,
+    /// An init container with `restartPolicy: Always`: started in order, keeps running.
+    Sidecar,
+    /// An app container.
+    App,
+}
+
+impl ContainerKind {
+    /// The spelling in `[X-Kubernetes]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerKind::Init => "init",
+            ContainerKind::Sidecar => "sidecar",
+            ContainerKind::App => "app",
+        }
+    }
+
+    /// Parses the spelling in `[X-Kubernetes]`.
+    pub fn parse(s: &str) -> Option<ContainerKind> {
+        match s {
+            "init" => Some(ContainerKind::Init),
+            "sidecar" => Some(ContainerKind::Sidecar),
+            "app" => Some(ContainerKind::App),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ContainerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// `restartPolicy` of a pod or of a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

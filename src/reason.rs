@@ -26,6 +26,8 @@ pub enum WaitingReason {
     CreateContainerError,
     /// Starting the container failed.
     RunContainerError,
+    /// Its postStart hook failed (until it starts again).
+    PostStartHookError,
 }
 
 impl WaitingReason {
@@ -42,6 +44,7 @@ impl WaitingReason {
             WaitingReason::CreateContainerConfigError => "CreateContainerConfigError",
             WaitingReason::CreateContainerError => "CreateContainerError",
             WaitingReason::RunContainerError => "RunContainerError",
+            WaitingReason::PostStartHookError => "PostStartHookError",
         }
     }
 

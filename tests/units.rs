@@ -50,7 +50,7 @@ fn render_pod(pod: &Pod) -> String {
         } else {
             package(&image)
         };
-        match unit::plan(pod, c, kind, &info, &node, is_executable) {
+        match unit::plan(pod, c, kind, &info, &node, &unit::ContainerData::default(), is_executable) {
             Ok(u) => {
                 out.push_str(&format!("=== {}\n", u.name));
                 out.push_str(&unit::render(&u).expect("planned units render"));

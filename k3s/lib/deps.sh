@@ -6,7 +6,7 @@ vks_install_deps() {
   local pkgs=() p
   # package:command pairs; the command tells whether the package is there.
   for p in curl:curl openssl:openssl gcc:gcc dbus:dbus-daemon systemd:systemctl util-linux:setpriv \
-           dpkg-dev:dpkg-deb iproute2:ip procps:ps gnupg:gpg python3:python3 lintian:lintian shellcheck:shellcheck; do
+           dpkg-dev:dpkg-deb iproute2:ip procps:ps socat:socat gnupg:gpg python3:python3 lintian:lintian shellcheck:shellcheck; do
     command -v "${p#*:}" >/dev/null 2>&1 || pkgs+=("${p%%:*}")
   done
   if [ ${#pkgs[@]} -gt 0 ]; then

@@ -2,8 +2,10 @@
 # node-guardian.sh NAME -- the small process that owns one node (started setsid'd by `k3s/node up`).
 #
 #   guardian (this, in the caller's cgroups)
-#     └─ setpriv --pdeathsig KILL unshare --pid --fork --kill-child=SIGKILL --mount --uts --ipc --cgroup
-#          └─ node-boot.sh -> systemd (PID 1 of the node)
+#     ├─ setpriv --pdeathsig KILL [nsenter --net=/run/netns/vks-NAME] unshare --pid --fork
+#     │     --kill-child=SIGKILL --mount --uts --ipc --cgroup
+#     │    └─ node-boot.sh -> systemd (PID 1 of the node)
+#     └─ netns nodes only: the socat forwarders of node-net.sh (pdeathsig: they die with the guardian)
 #
 # * unshare dies with the guardian (PR_SET_PDEATHSIG=SIGKILL); the node's PID 1 dies with unshare
 #   (--kill-child) and the kernel then kills the whole pid namespace.
@@ -44,7 +46,10 @@ boot() {
   # the cgroup namespace's root is the cgroup of the process calling unshare: move it there first
   (
     while read -r cg; do echo "$BASHPID" >"$cg/cgroup.procs"; done <"$STATE/cgdirs"
-    exec setpriv --pdeathsig KILL unshare --pid --fork --kill-child=SIGKILL --mount --uts --ipc --cgroup \
+    # a netns node boots inside its named network namespace (kept across reboots)
+    netns=()
+    net_enabled "$STATE" && netns=(nsenter --net="/run/netns/$(net_ns "$NAME")")
+    exec setpriv --pdeathsig KILL "${netns[@]}" unshare --pid --fork --kill-child=SIGKILL --mount --uts --ipc --cgroup \
       "$NODE_LIB/node-boot.sh" "$NAME" "$STATE"
   ) >>"$STATE/console.log" 2>&1 </dev/null &
   UPID=$!
@@ -68,6 +73,10 @@ boot() {
   return 1
 }
 
+if net_enabled "$STATE"; then
+  net_forwarders "$STATE" "$NAME"
+  glog "forwarders to 127.0.0.1:6443 and :9345 started in netns $(net_ns "$NAME")"
+fi
 boot
 owner_gone=0
 while :; do

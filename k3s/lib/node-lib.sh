@@ -14,6 +14,8 @@
 #   unshare.pid pid pidns boot    unshare's PID, node PID 1 (host PID) + its pid ns, boot counter
 #   masks etc-initialized         /etc/systemd/system bookkeeping of node-boot.sh
 #   console.log guardian.log      output of the boot script / the guardian
+#   netns                         present for a node in its own network namespace (VKS_NODE_NETNS=1)
+#   net/                          its forwarders' unix sockets, "PID STARTTIME" records and log
 
 VKS_TEST_ROOT=${VKS_TEST_ROOT:-/var/tmp/vks-test}
 NODES_DIR=$VKS_TEST_ROOT/nodes
@@ -22,6 +24,9 @@ REPO=$(cd "$NODE_LIB/../.." && pwd)
 NODE_STOP_TIMEOUT=${VKS_NODE_STOP_TIMEOUT:-15}
 
 nlog() { echo "node: $*" >&2; }
+
+# shellcheck source=node-net.sh
+. "$NODE_LIB/node-net.sh"
 
 # proc_start PID -> start time (field 22 of /proc/PID/stat); fails if gone or a zombie. Builtins only.
 proc_start() {
@@ -222,6 +227,7 @@ node_cleanup() {
   local name=$1 state=$2 gone
   node_kill_all "$state"
   node_rm_cgroups "$state"
+  if net_enabled "$state"; then lock; net_cleanup "$state" "$name"; unlock; fi
   node_delete_k8s "$name"
   node_delete_token "$state"
   # Rename the state dir out of the way first (atomic, our teardown claim STATE/down inside), then delete

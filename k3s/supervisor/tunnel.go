@@ -23,6 +23,11 @@ import (
 // One deliberate difference: current k3s refuses a kubelet connection to a known Node that has
 // no session; with --direct-fallback (the default here) the supervisor dials it directly, so
 // nodes that joined without a tunnel (bootstrap-token nodes of the other tests) stay reachable.
+//
+// The test bed's own rule: direct dials go to loopback addresses only. Every address of the test
+// bed that the root network namespace can reach is a loopback address; any other one (a node in
+// its own network namespace, 10.77.0.K) has no route here and would leave the machine by its
+// default route, so it is refused (such nodes are reached through their tunnel).
 type tunnel struct {
 	server   *remotedialer.Server
 	nodes    *nodeWatch
@@ -114,6 +119,10 @@ func (t *tunnel) dialBackend(ctx context.Context, addr string) (net.Conn, error)
 		log.Printf("Tunnel server egress proxy: node %s has no tunnel session; dialing %s directly", nodeName, addr)
 	} else {
 		log.Printf("Tunnel server egress proxy dialing %s directly", addr)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		log.Printf("Tunnel server egress proxy refusing to dial %s directly: not a loopback address", addr)
+		return nil, errors.New("the test bed dials only loopback addresses directly; " + addr + " is not one")
 	}
 	return t.dialer.DialContext(ctx, "tcp", addr)
 }

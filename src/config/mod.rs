@@ -46,6 +46,11 @@ pub struct Config {
     pub resources: ResourcesConfig,
     /// `[security]`: how pods are confined.
     pub security: SecurityConfig,
+    /// `[volumes]`: what pods may mount from the host.
+    pub volumes: VolumesConfig,
+    /// `[static]`: static pods from manifest files.
+    #[serde(rename = "static")]
+    pub static_pods: StaticConfig,
 }
 
 /// `[resources]`: the kubelet's `systemReserved` and `kubeReserved`, and
@@ -96,6 +101,23 @@ pub struct SecurityConfig {
     /// Whether each container's `systemd-analyze security` exposure is reported as an event.
     pub report_exposure: bool,
 }
+
+/// `[volumes]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumesConfig {
+    /// Host paths (and everything below them) that hostPath volumes may mount; empty: none.
+    pub host_path_allow: Vec<PathBuf>,
+}
+
+/// `[static]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StaticConfig {
+    /// Every `*.yaml`, `*.yml` and `*.json` file here holding Pods runs them on this node.
+    pub manifest_dir: PathBuf,
+}
+
+/// Where static pod manifests are read from unless `[static] manifest_dir` says otherwise.
+pub const DEFAULT_MANIFEST_DIR: &str = "/etc/vks/manifests";
 
 /// `[images]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -189,6 +211,9 @@ pub struct ClusterConfig {
     pub server: Option<String>,
     /// The join token (`token` or `token_file`); set exactly when `server` is.
     pub token: Option<TokenSource>,
+    /// Whether a cluster is configured at all (`server` or `kubeconfig` set): without one vks
+    /// runs standalone, with its static pods only and no API calls.
+    pub configured: bool,
 }
 
 /// Where the join token comes from.
@@ -204,7 +229,11 @@ impl Serialize for ClusterConfig {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("ClusterConfig", 3)?;
-        st.serialize_field("kubeconfig", &self.kubeconfig)?;
+        if self.configured {
+            st.serialize_field("kubeconfig", &self.kubeconfig)?;
+        } else {
+            st.skip_field("kubeconfig")?;
+        }
         match &self.server {
             Some(server) => st.serialize_field("server", server)?,
             None => st.skip_field("server")?,
@@ -231,7 +260,36 @@ pub struct KubeletConfig {
     /// Key of the serving certificate (PEM).
     pub tls_key_file: Option<PathBuf>,
     /// CA that signs the client certificates of kubelet API callers (the cluster's client CA).
+    /// `None`: `<state_dir>/client-ca.crt` when present (written by the join).
     pub client_ca_file: Option<PathBuf>,
+    /// Requests without credentials are authorized as `system:anonymous` (else 401).
+    pub anonymous_auth: bool,
+    /// `/healthz` answers without credentials.
+    pub healthz_anonymous: bool,
+    /// Open connections, all clients together.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_client: usize,
+    /// Concurrent streams (log follows, exec, attach, port-forward) per client address.
+    pub max_streams_per_client: usize,
+    /// Time allowed for a TLS handshake.
+    #[serde(with = "humantime_serde_compat")]
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Time allowed for a request header after connecting or after the previous response.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: std::time::Duration,
+    /// A stream that moves no byte for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub streaming_idle_timeout: std::time::Duration,
+    /// Largest request header, bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes.
+    #[serde(serialize_with = "bytes_quantity")]
+    pub max_body_bytes: u64,
+    /// Declare `ExtendWebSocketsToKubelet` in the Node's `status.declaredFeatures`, so that API
+    /// servers (1.36+) pass exec, attach and port-forward WebSockets straight to vks instead of
+    /// translating them to SPDY.
+    pub websocket_streaming: bool,
 }
 
 /// `[paths]`.
@@ -241,6 +299,10 @@ pub struct PathsConfig {
     pub state_dir: PathBuf,
     /// Per-pod directories (`<pod_dir>/<pod uid>/`).
     pub pod_dir: PathBuf,
+    /// Per-pod files that must never reach persistent storage (Secret, projected and token
+    /// volumes, env values from Secrets, memory-backed emptyDirs): `<run_dir>/<pod uid>/`, on
+    /// tmpfs.
+    pub run_dir: PathBuf,
 }
 
 /// `[log]`.
@@ -318,6 +380,11 @@ mod reader;
 pub use names::{validate_dns_label, validate_dns_subdomain, validate_label_value, validate_qualified_name};
 
 impl Config {
+    /// Whether vks runs without a cluster: no `[cluster] server` and no `[cluster] kubeconfig`.
+    pub fn standalone(&self) -> bool {
+        !self.cluster.configured
+    }
+
     /// Reads and validates the file at `path`. `hostname` is the default node name.
     pub fn load(path: &Path, hostname: &str) -> Result<Config, ConfigError> {
         let fail = |problem: String| ConfigError { path: path.to_owned(), problems: vec![problem] };
@@ -335,7 +402,12 @@ impl Config {
     /// How pods are confined on this node: `[security]`, and vks's own files (its
     /// configuration directory, state, pod directories and credentials) kept from pods.
     pub fn node_policy(&self) -> crate::unit::security::NodePolicy {
-        let mut protected = vec![PathBuf::from("/etc/vks"), self.paths.state_dir.clone(), self.paths.pod_dir.clone()];
+        let mut protected = vec![
+            PathBuf::from("/etc/vks"),
+            self.paths.state_dir.clone(),
+            self.paths.pod_dir.clone(),
+            self.paths.run_dir.clone(),
+        ];
         protected.push(self.cluster.kubeconfig.clone());
         protected.extend(self.kubelet.tls_key_file.clone());
         if let Some(TokenSource::File(p)) = &self.cluster.token {

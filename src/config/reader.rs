@@ -29,6 +29,8 @@ impl Config {
         let mut images = Section::take(&mut root, "images", &mut errs);
         let mut resources = Section::take(&mut root, "resources", &mut errs);
         let mut security = Section::take(&mut root, "security", &mut errs);
+        let mut volumes = Section::take(&mut root, "volumes", &mut errs);
+        let mut static_pods = Section::take(&mut root, "static", &mut errs);
         for (key, value) in root {
             errs.push(format!("{key}: unknown key (value {})", show(&value)));
         }
@@ -49,9 +51,12 @@ impl Config {
         };
         node.finish(&mut errs);
 
+        let kubeconfig = cluster.path("kubeconfig", &mut errs);
+        let server = cluster.server("server", &mut errs);
         let cluster_cfg = ClusterConfig {
-            kubeconfig: cluster.path("kubeconfig", &mut errs).unwrap_or_else(|| PathBuf::from("/etc/vks/kubeconfig")),
-            server: cluster.server("server", &mut errs),
+            configured: kubeconfig.is_some() || server.is_some() || cluster.had("kubeconfig") || cluster.had("server"),
+            kubeconfig: kubeconfig.unwrap_or_else(|| PathBuf::from("/etc/vks/kubeconfig")),
+            server,
             token: cluster.token(&mut errs),
         };
         if cluster_cfg.server.is_some() != cluster_cfg.token.is_some()
@@ -72,7 +77,34 @@ impl Config {
             tls_cert_file: kubelet.path("tls_cert_file", &mut errs),
             tls_key_file: kubelet.path("tls_key_file", &mut errs),
             client_ca_file: kubelet.path("client_ca_file", &mut errs),
+            anonymous_auth: kubelet.boolean("anonymous_auth", &mut errs).unwrap_or(false),
+            healthz_anonymous: kubelet.boolean("healthz_anonymous", &mut errs).unwrap_or(true),
+            max_connections: kubelet.integer("max_connections", 16, 1_000_000, &mut errs).map_or(4096, |v| v as usize),
+            max_connections_per_client: kubelet
+                .integer("max_connections_per_client", 1, 1_000_000, &mut errs)
+                .map_or(1024, |v| v as usize),
+            max_streams_per_client: kubelet
+                .integer("max_streams_per_client", 1, 1_000_000, &mut errs)
+                .map_or(512, |v| v as usize),
+            tls_handshake_timeout: kubelet
+                .duration("tls_handshake_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(10)),
+            idle_timeout: kubelet.duration("idle_timeout", &mut errs).unwrap_or(std::time::Duration::from_secs(90)),
+            streaming_idle_timeout: kubelet
+                .duration("streaming_idle_timeout", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(4 * 3600)),
+            max_header_bytes: kubelet
+                .bytes("max_header_bytes", &mut errs)
+                .map_or(64 << 10, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+            max_body_bytes: kubelet.bytes("max_body_bytes", &mut errs).unwrap_or(1 << 20),
+            websocket_streaming: kubelet.boolean("websocket_streaming", &mut errs).unwrap_or(true),
         };
+        if kubelet_cfg.max_header_bytes < 8192 {
+            errs.push(format!(
+                "kubelet.max_header_bytes: {} is below the minimum of 8192 bytes",
+                kubelet_cfg.max_header_bytes
+            ));
+        }
         if kubelet_cfg.tls_cert_file.is_some() != kubelet_cfg.tls_key_file.is_some() {
             errs.push("kubelet.tls_cert_file and kubelet.tls_key_file: set both or neither".to_owned());
         }
@@ -81,6 +113,7 @@ impl Config {
         let state_dir = paths.path("state_dir", &mut errs).unwrap_or_else(|| PathBuf::from("/var/lib/vks"));
         let paths_cfg = PathsConfig {
             pod_dir: paths.path("pod_dir", &mut errs).unwrap_or_else(|| state_dir.join("pods")),
+            run_dir: paths.path("run_dir", &mut errs).unwrap_or_else(|| PathBuf::from("/run/vks/pods")),
             state_dir,
         };
         paths.finish(&mut errs);
@@ -117,6 +150,13 @@ impl Config {
         let security_cfg = security.security(&mut errs);
         security.finish(&mut errs);
 
+        let volumes_cfg = VolumesConfig { host_path_allow: volumes.paths("host_path_allow", &mut errs) };
+        volumes.finish(&mut errs);
+        let static_cfg = StaticConfig {
+            manifest_dir: static_pods.path("manifest_dir", &mut errs).unwrap_or_else(|| DEFAULT_MANIFEST_DIR.into()),
+        };
+        static_pods.finish(&mut errs);
+
         if errs.0.is_empty() {
             Ok(Config {
                 node: node_cfg,
@@ -128,6 +168,8 @@ impl Config {
                 images: images_cfg,
                 resources: resources_cfg,
                 security: security_cfg,
+                volumes: volumes_cfg,
+                static_pods: static_cfg,
             })
         } else {
             Err(errs.0)
@@ -202,6 +244,16 @@ impl Section {
         }
     }
 
+    fn boolean(&mut self, key: &str, errs: &mut Errors) -> Option<bool> {
+        match self.get(key)? {
+            Value::Boolean(b) => Some(b),
+            other => {
+                errs.push(format!("{}: expected true or false, got {}", self.key(key), show(&other)));
+                None
+            }
+        }
+    }
+
     fn ip(&mut self, key: &str, errs: &mut Errors) -> Option<IpAddr> {
         let s = self.string(key, errs)?;
         match s.parse::<IpAddr>() {
@@ -220,6 +272,23 @@ impl Section {
             return None;
         }
         Some(PathBuf::from(s))
+    }
+
+    /// An array of absolute, normalized paths (none when absent).
+    fn paths(&mut self, key: &str, errs: &mut Errors) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for (i, v) in self.array(key, "an array of absolute paths", errs).into_iter().enumerate() {
+            let name = format!("{}[{i}]", self.key(key));
+            match v.as_str() {
+                Some(s) if s.starts_with('/') && !s.split('/').any(|c| c == ".." || c == ".") => {
+                    let norm: PathBuf = std::path::Path::new(s).components().collect();
+                    out.push(norm);
+                }
+                Some(s) => errs.push(format!("{name}: {s:?} is not an absolute path without '.' or '..'")),
+                None => errs.push(format!("{name}: expected a path, got {}", show(&v))),
+            }
+        }
+        out
     }
 
     /// An `https://host[:port]` URL.

@@ -20,6 +20,7 @@ fn empty_file_gives_documented_defaults() {
     assert_eq!(c.cluster.kubeconfig, PathBuf::from("/etc/vks/kubeconfig"));
     assert_eq!(c.kubelet.port, 10250);
     assert_eq!(c.kubelet.address.to_string(), "0.0.0.0");
+    assert!(c.kubelet.websocket_streaming);
     assert_eq!(c.paths.state_dir, PathBuf::from("/var/lib/vks"));
     assert_eq!(c.paths.pod_dir, PathBuf::from("/var/lib/vks/pods"));
     assert_eq!(c.log.level, LogLevel::Info);
@@ -46,6 +47,7 @@ fn full_file_is_read() {
         tls_cert_file = "/a.crt"
         tls_key_file = "/a.key"
         client_ca_file = "/ca.crt"
+        websocket_streaming = false
         [paths]
         state_dir = "/srv/vks"
         [log]
@@ -67,6 +69,7 @@ fn full_file_is_read() {
     assert_eq!(c.eviction.nodefs_inodes_free, Threshold::Quantity(1000));
     assert_eq!(c.eviction.pid_available, Threshold::Percent(2.5));
     assert_eq!(c.log.level, LogLevel::Debug);
+    assert!(!c.kubelet.websocket_streaming);
 }
 
 #[test]
@@ -84,6 +87,7 @@ fn every_error_is_reported_at_once_naming_key_and_value() {
         [kubelet]
         port = 70000
         tls_cert_file = "relative.crt"
+        websocket_streaming = "yes"
         [log]
         level = "loud"
         [eviction]
@@ -104,6 +108,7 @@ fn every_error_is_reported_at_once_naming_key_and_value() {
         "node.flavour: unknown key (value 1)",
         "kubelet.port: 70000 is out of range (1..=65535)",
         "kubelet.tls_cert_file: \"relative.crt\" is not an absolute path",
+        "kubelet.websocket_streaming: expected true or false, got \"yes\"",
         "log.level: \"loud\" is not a log level",
         "eviction.memory_available: \"lots\"",
         "eviction.nodefs_available: \"150%\"",
@@ -112,6 +117,27 @@ fn every_error_is_reported_at_once_naming_key_and_value() {
         assert!(errs.iter().any(|e| e.contains(w)), "missing {w:?} in {errs:#?}");
     }
     assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}
+
+#[test]
+fn kubelet_api_limits_are_validated() {
+    let c = parse("[kubelet]\nanonymous_auth = true\nstreaming_idle_timeout = \"30m\"\nmax_header_bytes = \"16Ki\"\n")
+        .unwrap();
+    assert!(c.kubelet.anonymous_auth && c.kubelet.healthz_anonymous);
+    assert_eq!(c.kubelet.streaming_idle_timeout, std::time::Duration::from_secs(1800));
+    assert_eq!(c.kubelet.max_header_bytes, 16 << 10);
+    let errs = errors(
+        "[kubelet]\nanonymous_auth = \"yes\"\nmax_connections = 2\nmax_header_bytes = 100\nidle_timeout = \"soon\"\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "kubelet.anonymous_auth: expected true or false, got \"yes\"",
+            "kubelet.max_connections: 2 is out of range (16..=1000000)",
+            "kubelet.idle_timeout: \"soon\" is not a duration like \"30s\", \"5m\" or \"1h\"",
+            "kubelet.max_header_bytes: 100 is below the minimum of 8192 bytes",
+        ]
+    );
 }
 
 #[test]
@@ -216,4 +242,31 @@ fn effective_config_round_trips() {
     let c = parse("[node]\ntaints = [\"a=b:NoSchedule\"]\n").unwrap();
     let again = parse(&c.to_toml()).unwrap();
     assert_eq!(c, again);
+}
+
+#[test]
+fn no_server_and_no_kubeconfig_is_standalone() {
+    let c = parse("").unwrap();
+    assert!(c.standalone());
+    assert_eq!(c.static_pods.manifest_dir, PathBuf::from("/etc/vks/manifests"));
+    assert!(!c.to_toml().contains("kubeconfig"), "a standalone node shows no kubeconfig: {}", c.to_toml());
+    assert!(!parse("[cluster]\nkubeconfig = \"/etc/vks/kubeconfig\"\n").unwrap().standalone());
+    let joined =
+        parse("[cluster]\nserver = \"https://192.0.2.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"\n").unwrap();
+    assert!(!joined.standalone());
+    let again = parse(&joined.to_toml().replace("(set, not shown)", "abcdef.0123456789abcdef")).unwrap();
+    assert!(!again.standalone());
+}
+
+#[test]
+fn static_manifest_dir_is_an_absolute_path() {
+    let c = parse("[static]\nmanifest_dir = \"/srv/manifests\"\n").unwrap();
+    assert_eq!(c.static_pods.manifest_dir, PathBuf::from("/srv/manifests"));
+    assert_eq!(
+        errors("[static]\nmanifest_dir = \"manifests\"\nwatch = true\n"),
+        vec![
+            "static.manifest_dir: \"manifests\" is not an absolute path".to_owned(),
+            "static.watch: unknown key (value true)".to_owned()
+        ]
+    );
 }

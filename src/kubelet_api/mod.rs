@@ -1,144 +1,95 @@
-//! The kubelet HTTPS API on `kubelet.address:kubelet.port`.
+//! The kubelet HTTPS API on `kubelet.address:kubelet.port`, as the API server, `kubectl` and
+//! metrics-server expect it.
 //!
-//! Serves TLS with the configured serving certificate, or a self-signed one generated at
-//! start-up (as the kubelet does without `--tls-cert-file`). When `kubelet.client_ca_file` is
-//! set, client certificates are verified against it (the API server presents one signed by the
-//! cluster's client CA). So far only `/healthz` is served; every other path answers 404.
+//! - TLS (`tls.rs`): the node's serving certificate, replaceable while serving
+//!   ([`ServingIdentity`]); client certificates verified against the cluster's client CA,
+//!   which is re-read when its file changes.
+//! - Who may call (`auth/`): the kubelet's webhook mode — client certificate or TokenReview,
+//!   then a SubjectAccessReview on `nodes/<subresource>`; 401/403 otherwise.
+//! - Overload (`limits.rs`, `conn.rs`): caps on connections (global, per client address) and
+//!   on streams per client, TLS handshake and header timeouts, header and body size limits,
+//!   the streaming idle timeout; `max_connections` stays below half the file descriptor limit.
+//! - Endpoints (`router.rs`): `/healthz`, `/pods`, `/containerLogs` (`logs/`), `/stats/summary`
+//!   and `/metrics/resource` (`stats/`), `/metrics` (vks's own, [`crate::metrics`]);
+//!   `/exec`, `/attach`, `/portForward` go to the streaming module.
+//!
+//! A connection of any origin is served by [`ConnectionHandler::serve`]; [`KubeletServer`]
+//! accepts TCP connections on the port and applies the connection caps.
 
-use std::net::SocketAddr;
+pub mod auth;
+pub mod body;
+mod conn;
+pub mod limits;
+pub mod logs;
+pub mod pods;
+mod router;
+pub mod stats;
+pub mod stream;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use self::conn::ConnectionHandler;
+use self::limits::{Limiter, Limits, Refused};
+pub use self::tls::ServingIdentity;
 use crate::config::KubeletConfig;
+use crate::metrics::metrics;
+use crate::systemd::Systemd;
+
+/// What the kubelet API serves from.
+pub struct Deps {
+    /// API client with the node's identity (TokenReview, SubjectAccessReview).
+    pub client: kube::Client,
+    /// The pods bound to this node.
+    pub pods: Arc<dyn pods::PodSource>,
+    /// systemd (container runs, units).
+    pub systemd: Arc<dyn Systemd>,
+    /// The node's name.
+    pub node: String,
+    /// `paths.state_dir` (node file system; default client CA location).
+    pub state_dir: PathBuf,
+    /// `paths.pod_dir` (pod directories).
+    pub pod_dir: PathBuf,
+}
 
 /// A bound, not yet serving, kubelet API.
 pub struct KubeletServer {
     listener: TcpListener,
-    handler: ConnectionHandler,
     identity: Arc<ServingIdentity>,
+    tls: Arc<tls::TlsState>,
+    app: Arc<router::App>,
+    limits: Limits,
 }
 
-/// Serves one connection of the kubelet API: the TLS handshake (client certificates verified as
-/// configured), then HTTP. Used for the connections accepted on the kubelet port and for those
-/// the API server opens through the agent tunnel, so both are served alike.
-#[derive(Clone)]
-pub struct ConnectionHandler {
-    acceptor: TlsAcceptor,
-}
-
-impl ConnectionHandler {
-    /// Serves `stream` until the peer closes it; `peer` names it in log messages.
-    pub async fn serve<S>(&self, stream: S, peer: String)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let tls = match self.acceptor.accept(stream).await {
-            Ok(t) => t,
+/// Raises the soft limit on open files to the hard one (as Go programs do at start); returns
+/// the limit in force.
+fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
             Err(e) => {
-                log::debug!("kubelet API TLS handshake with {peer}: {e}");
-                return;
+                log::warn!("raising the open files limit from {soft} to {hard}: {e}");
+                soft
             }
-        };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle));
-        if let Err(e) = conn.await {
-            log::debug!("kubelet API connection from {peer}: {e}");
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            log::warn!("reading the open files limit: {e}");
+            1024
         }
     }
-}
-
-/// The serving certificate, replaceable while serving (renewal, a newly issued certificate):
-/// each TLS handshake uses the one current at that moment.
-#[derive(Debug)]
-pub struct ServingIdentity {
-    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
-}
-
-impl ServingIdentity {
-    fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServingIdentity> {
-        let ck = rustls::sign::CertifiedKey::from_der(certs, key, &provider())
-            .context("kubelet serving certificate and key do not match")?;
-        Ok(ServingIdentity { current: std::sync::RwLock::new(Arc::new(ck)) })
-    }
-
-    /// Serves `pair` (chain and key, PEM) from the next handshake on.
-    pub fn set(&self, pair: &crate::pki::KeyPairPem) -> Result<(), String> {
-        let (certs, key) = pair.to_der()?;
-        let ck = rustls::sign::CertifiedKey::from_der(certs, key, &provider())
-            .map_err(|e| format!("serving certificate and key do not match: {e}"))?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
-        Ok(())
-    }
-}
-
-impl rustls::server::ResolvesServerCert for ServingIdentity {
-    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Loads the configured key pair, or makes a self-signed one for `names` (node name and IPs).
-fn key_pair(cfg: &KubeletConfig, names: &[String]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
-        let certs = CertificateDer::pem_file_iter(cert)
-            .with_context(|| format!("reading kubelet.tls_cert_file {}", cert.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("parsing kubelet.tls_cert_file {}", cert.display()))?;
-        anyhow::ensure!(!certs.is_empty(), "kubelet.tls_cert_file {} holds no certificate", cert.display());
-        let key = PrivateKeyDer::from_pem_file(key)
-            .with_context(|| format!("reading kubelet.tls_key_file {}", key.display()))?;
-        return Ok((certs, key));
-    }
-    let ck =
-        rcgen::generate_simple_self_signed(names.to_vec()).context("generating a self-signed serving certificate")?;
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-        .map_err(|e| anyhow::anyhow!("encoding the generated key: {e}"))?;
-    Ok((vec![ck.cert.der().clone()], key))
-}
-
-fn tls_config(cfg: &KubeletConfig, identity: Arc<ServingIdentity>) -> Result<ServerConfig> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?;
-    let builder = match &cfg.client_ca_file {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("reading kubelet.client_ca_file {}", ca.display()))?
-            {
-                let c = c.with_context(|| format!("parsing kubelet.client_ca_file {}", ca.display()))?;
-                roots.add(c).with_context(|| format!("adding a CA of kubelet.client_ca_file {}", ca.display()))?;
-            }
-            // Unauthenticated TLS clients are let through to the HTTP layer, which decides per
-            // path (bearer tokens are an alternative to client certificates).
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()
-                .context("building the client certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_cert_resolver(identity);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 impl KubeletServer {
@@ -147,23 +98,40 @@ impl KubeletServer {
     pub async fn bind(
         cfg: &KubeletConfig,
         names: &[String],
-        initial: Option<&crate::pki::KeyPairPem>,
+        initial: Option<&crate::join::files::KeyPairPem>,
+        deps: Deps,
     ) -> Result<KubeletServer> {
         let (certs, key) = match initial {
             Some(pair) => pair.to_der().map_err(|e| anyhow::anyhow!("the stored serving certificate: {e}"))?,
-            None => key_pair(cfg, names)?,
+            None => tls::key_pair(cfg, names)?,
         };
         let identity = Arc::new(ServingIdentity::new(certs, key)?);
-        let tls = tls_config(cfg, identity.clone())?;
+        let ca = tls::CaSource::from_config(cfg, &deps.state_dir);
+        let tls = Arc::new(tls::TlsState::new(identity.clone(), ca)?);
+        let limits = Limits::from_config(cfg).fit_to_fd_limit(raise_nofile_limit());
+        let reviewer = auth::CachedReviewer::new(Arc::new(auth::api::ApiReviewer::new(deps.client, deps.node.clone())));
+        let runs = Arc::new(logs::SystemdRuns(deps.systemd.clone()));
+        let app = Arc::new(router::App {
+            access: auth::Access::new(Arc::new(reviewer), cfg.anonymous_auth, cfg.healthz_anonymous),
+            logs: Arc::new(logs::Logs::new(deps.pods.clone(), runs)),
+            stats: Arc::new(stats::Stats::new(
+                deps.systemd,
+                std::path::Path::new("/sys/fs/cgroup"),
+                deps.node,
+                deps.state_dir,
+                deps.pod_dir,
+            )),
+            pods: deps.pods,
+            streams: Limiter::new(usize::MAX, limits.max_streams_per_client),
+            stream: stream::StreamContext::new(
+                Arc::new(stream::host::HostContainers::default()),
+                stream::Limits { idle_timeout: cfg.streaming_idle_timeout, ..stream::Limits::default() },
+            ),
+            limits: limits.clone(),
+        });
         let addr = SocketAddr::new(cfg.address, cfg.port);
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the kubelet API to {addr}"))?;
-        let handler = ConnectionHandler { acceptor: TlsAcceptor::from(Arc::new(tls)) };
-        Ok(KubeletServer { listener, handler, identity })
-    }
-
-    /// The handler of this server's connections, for connections that arrive another way.
-    pub fn connection_handler(&self) -> ConnectionHandler {
-        self.handler.clone()
+        Ok(KubeletServer { listener, identity, tls, app, limits })
     }
 
     /// The serving certificate, to replace it while serving.
@@ -176,9 +144,20 @@ impl KubeletServer {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The per-connection entry point (for connections that do not come through the port,
+    /// e.g. tunneled ones).
+    pub fn handler(&self, cancel: CancellationToken) -> ConnectionHandler {
+        ConnectionHandler::new(self.tls.clone(), self.app.clone(), self.limits.clone(), cancel)
+    }
+
     /// Serves until `cancel` fires; `heartbeat` beats while the accept loop runs.
     pub async fn serve(self, heartbeat: crate::notify::Heartbeat, cancel: CancellationToken) -> Result<()> {
-        let mut beat = tokio::time::interval(std::time::Duration::from_secs(5));
+        tokio::spawn(self.tls.clone().watch(cancel.clone()));
+        let handler = self.handler(cancel.clone());
+        let conns: Arc<Limiter<IpAddr>> =
+            Limiter::new(self.limits.max_connections, self.limits.max_connections_per_client);
+        let refusals = RefusalLog::default();
+        let mut beat = tokio::time::interval(Duration::from_secs(5));
         loop {
             heartbeat.beat();
             let (tcp, peer) = tokio::select! {
@@ -187,30 +166,61 @@ impl KubeletServer {
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
+                        // EMFILE and friends: wait instead of spinning; connections close and free up.
                         log::warn!("kubelet API accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
             };
-            let handler = self.handler.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    () = handler.serve(tcp, peer.to_string()) => {}
+            let permit = match conns.try_acquire(peer.ip()) {
+                Ok(p) => p,
+                Err(why) => {
+                    let reason = match why {
+                        Refused::Total => "max_connections",
+                        Refused::PerClient => "max_connections_per_client",
+                    };
+                    metrics().kubelet_refused(reason);
+                    refusals.note(reason, &peer, &self.limits);
+                    drop(tcp);
+                    continue;
                 }
+            };
+            let _ = tcp.set_nodelay(true);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                metrics().kubelet_api_connections.inc();
+                handler.serve(tcp, peer.to_string()).await;
+                metrics().kubelet_api_connections.dec();
+                drop(permit);
             });
         }
     }
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (status, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/healthz") => (StatusCode::OK, "ok"),
-        _ => (StatusCode::NOT_FOUND, "404 page not found\n"),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    Ok(resp)
+/// Logs refused connections at most once every 10 s, with how many were refused meanwhile.
+#[derive(Default)]
+struct RefusalLog {
+    last_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RefusalLog {
+    fn note(&self, reason: &str, peer: &SocketAddr, limits: &Limits) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.count.store(0, Ordering::Relaxed);
+            log::warn!(
+                "kubelet API: refused {n} connection(s) in the last 10 s (latest from {peer}: kubelet.{reason}; \
+                 limits {} in total, {} per client)",
+                limits.max_connections,
+                limits.max_connections_per_client
+            );
+        }
+    }
 }

@@ -258,8 +258,22 @@ pub fn node_status(
             swap: None,
             running_in_user_namespace: None,
         }),
+        declared_features: declared_features(config),
         ..NodeStatus::default()
     }
+}
+
+/// The Node Declared Features vks supports (`status.declaredFeatures`, KEP-5328), sorted.
+/// `ExtendWebSocketsToKubelet`: the kubelet API serves exec, attach and port-forward over
+/// WebSocket itself, so the API server passes WebSockets through instead of translating them to
+/// SPDY (`kubelet.websocket_streaming`). An empty list (not an absent one) when there are none,
+/// so that a patch clears an earlier declaration.
+pub fn declared_features(config: &Config) -> Option<Vec<String>> {
+    let mut features = Vec::new();
+    if config.kubelet.websocket_streaming {
+        features.push("ExtendWebSocketsToKubelet".to_owned());
+    }
+    Some(features)
 }
 
 /// Whether `new` differs from `current` in anything but heartbeat times (the kubelet's
@@ -283,7 +297,10 @@ pub fn status_changed(current: Option<&NodeStatus>, new: &NodeStatus) -> bool {
         s.config = None;
         s.runtime_handlers = None;
         s.features = None;
-        s.declared_features = None;
+        // vks manages declaredFeatures; the API server may drop an empty list.
+        if s.declared_features.as_ref().is_some_and(Vec::is_empty) {
+            s.declared_features = None;
+        }
         s
     };
     strip(current) != strip(new)
@@ -390,6 +407,22 @@ mod tests {
             node_status(&plain, &id(), &facts(), "252", &Readiness::Ready, &[], now).allocatable.unwrap()["cpu"].0,
             "2"
         );
+    }
+
+    #[test]
+    fn websocket_streaming_is_declared_when_configured() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let on = Config::from_str("", "n1").unwrap();
+        let off = Config::from_str("[kubelet]\nwebsocket_streaming = false\n", "n1").unwrap();
+        let s_on = node_status(&on, &id(), &facts(), "252", &Readiness::Ready, &[], now);
+        let s_off = node_status(&off, &id(), &facts(), "252", &Readiness::Ready, &[], now);
+        assert_eq!(s_on.declared_features, Some(vec!["ExtendWebSocketsToKubelet".to_owned()]));
+        assert_eq!(s_off.declared_features, Some(vec![]));
+        assert!(status_changed(Some(&s_on), &s_off), "turning it off patches the status");
+        assert!(status_changed(Some(&s_off), &s_on), "turning it on patches the status");
+        let mut dropped = s_off.clone();
+        dropped.declared_features = None;
+        assert!(!status_changed(Some(&dropped), &s_off), "an empty list the API server dropped is no change");
     }
 
     #[test]

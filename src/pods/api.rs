@@ -39,6 +39,9 @@ pub trait PodApi: Send + Sync + 'static {
     /// Deletes the pod for good (grace period 0) if it still has `pod.uid`: the last step of a
     /// graceful deletion, after its containers stopped.
     async fn delete(&self, pod: &PodRef) -> Result<(), PodApiError>;
+    /// The pod's worker ended: the pod left this node. Nothing is sent to the API server;
+    /// an implementation that keeps pods' status on the node drops this pod's.
+    fn forget(&self, _pod: &PodRef) {}
 }
 
 /// [`PodApi`] against the API server.
@@ -87,9 +90,31 @@ impl PodApi for KubePodApi {
 #[derive(Debug, Default)]
 struct FakeState {
     statuses: Vec<(PodRef, serde_json::Value)>,
+    /// The status as the API server would hold it, by UID: patches merged (conditions by type).
+    merged: std::collections::HashMap<String, serde_json::Value>,
     deleted: Vec<PodRef>,
     gone: Vec<String>,
     failing: bool,
+}
+
+/// Merges a status patch as the API server's strategic merge does for pod status: fields are
+/// replaced, conditions are merged by their type.
+fn merge_status(old: &mut serde_json::Value, patch: &serde_json::Value) {
+    let (Some(old), Some(patch)) = (old.as_object_mut(), patch.as_object()) else { return };
+    for (k, v) in patch {
+        if k != "conditions" {
+            old.insert(k.clone(), v.clone());
+            continue;
+        }
+        let conds = old.entry("conditions").or_insert_with(|| serde_json::json!([]));
+        let Some(list) = conds.as_array_mut() else { continue };
+        for c in v.as_array().into_iter().flatten() {
+            match list.iter_mut().find(|o| o.get("type") == c.get("type")) {
+                Some(o) => *o = c.clone(),
+                None => list.push(c.clone()),
+            }
+        }
+    }
 }
 
 /// Keeps every status patch and deletion in memory.
@@ -126,6 +151,13 @@ impl FakePodApi {
         self.lock().gone.push(uid.to_owned());
     }
 
+    /// Sets a condition on the pod's status, as another controller would.
+    pub fn set_condition(&self, uid: &str, condition: serde_json::Value) {
+        let mut s = self.lock();
+        let m = s.merged.entry(uid.to_owned()).or_insert_with(|| serde_json::json!({}));
+        merge_status(m, &serde_json::json!({ "conditions": [condition] }));
+    }
+
     /// Makes every request fail (an unreachable API server) until called with false.
     pub fn set_failing(&self, failing: bool) {
         self.lock().failing = failing;
@@ -148,7 +180,9 @@ impl PodApi for FakePodApi {
             return Err(PodApiError::Gone(pod.clone()));
         }
         s.statuses.push((pod.clone(), status.clone()));
-        Ok(serde_json::from_value(status.clone()).ok())
+        let m = s.merged.entry(pod.uid.clone()).or_insert_with(|| serde_json::json!({}));
+        merge_status(m, status);
+        Ok(serde_json::from_value(m.clone()).ok())
     }
 
     async fn delete(&self, pod: &PodRef) -> Result<(), PodApiError> {

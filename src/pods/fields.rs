@@ -44,20 +44,32 @@ use Treatment::{Honoured, Ignored, Refused};
 
 /// `PodSpec`'s fields.
 pub const POD_FIELDS: &[Field] = &[
-    f("activeDeadlineSeconds", Refused, "not enforced yet"),
+    f(
+        "activeDeadlineSeconds",
+        Honoured,
+        "counted from `status.startTime` (also after an update): the pod's containers are stopped and it fails with DeadlineExceeded",
+    ),
     f("affinity", Ignored, "for the scheduler"),
     f(
         "automountServiceAccountToken",
         Honoured,
-        "false: no token volume is injected (the token volume itself is not mounted yet)",
+        "the injected `kube-api-access-*` volume (token, CA, namespace) is mounted; false: none is injected",
     ),
     f("containers", Honoured, "each container is a unit"),
     f("dnsConfig", Refused, "pods use the node's resolver"),
     f("dnsPolicy", Ignored, "pods use the node's resolver; `None` (which needs dnsConfig) is refused"),
-    f("enableServiceLinks", Ignored, "service environment variables are not injected yet"),
+    f(
+        "enableServiceLinks",
+        Honoured,
+        "the namespace's Services as env; `KUBERNETES_SERVICE_*` always, pointing at the API server",
+    ),
     f("ephemeralContainers", Ignored, "not run yet (Warning event)"),
     f("evictionResponders", Ignored, "no eviction on vks nodes"),
-    f("hostAliases", Refused, "pods use the node's /etc/hosts"),
+    f(
+        "hostAliases",
+        Honoured,
+        "the node's /etc/hosts plus the aliases, bound read-only at /etc/hosts in the pod's containers",
+    ),
     f(
         "hostIPC",
         Honoured,
@@ -81,7 +93,7 @@ pub const POD_FIELDS: &[Field] = &[
     f("preemptionPolicy", Ignored, "for the scheduler"),
     f("priority", Ignored, "for the scheduler"),
     f("priorityClassName", Ignored, "for the scheduler"),
-    f("readinessGates", Refused, "not evaluated yet"),
+    f("readinessGates", Honoured, "Ready waits until the gates' conditions (set by others, kept) are True"),
     f("resourceClaims", Refused, "no dynamic resource allocation"),
     f(
         "resources",
@@ -96,7 +108,7 @@ pub const POD_FIELDS: &[Field] = &[
     f(
         "securityContext",
         Honoured,
-        "runAsUser, runAsGroup, runAsNonRoot, fsGroup, supplementalGroups, seccompProfile, appArmorProfile (see Security); sysctls, seLinuxOptions, seccompProfile Localhost and supplementalGroupsPolicy Strict are refused",
+        "runAsUser, runAsGroup, runAsNonRoot, fsGroup, supplementalGroups, seccompProfile, appArmorProfile (see Limits and isolation); sysctls, seLinuxOptions, seccompProfile Localhost and supplementalGroupsPolicy Strict are refused",
     ),
     f("serviceAccount", Honoured, "deprecated alias of serviceAccountName"),
     f("serviceAccountName", Honoured, "in fieldRef spec.serviceAccountName"),
@@ -106,22 +118,38 @@ pub const POD_FIELDS: &[Field] = &[
     f("terminationGracePeriodSeconds", Honoured, "SIGTERM, then SIGKILL at its end"),
     f("tolerations", Ignored, "for the scheduler"),
     f("topologySpreadConstraints", Ignored, "for the scheduler"),
-    f("volumes", Refused, "not mounted yet; the API server's service-account token volume is ignored (Warning event)"),
+    f(
+        "volumes",
+        Honoured,
+        "emptyDir, configMap, secret, downwardAPI, projected, hostPath (allow-list); other types refused",
+    ),
 ];
 
 /// `Container`'s fields.
 pub const CONTAINER_FIELDS: &[Field] = &[
     f("args", Honoured, "replace the image's arguments; `$(VAR)` expanded"),
     f("command", Honoured, "replaces the image's entrypoint; `$(VAR)` expanded"),
-    f("env", Honoured, "values and fieldRef; configMapKeyRef, secretKeyRef and resourceFieldRef are refused"),
-    f("envFrom", Refused, "not supported yet"),
+    f(
+        "env",
+        Honoured,
+        "values, fieldRef, resourceFieldRef, configMapKeyRef, secretKeyRef (`$(VAR)` expanded); fileKeyRef refused",
+    ),
+    f("envFrom", Honoured, "ConfigMaps and Secrets with prefix; invalid keys skipped (Warning event)"),
     f("image", Honoured, "a Debian package, an absolute path or a .deb URL"),
     f("imagePullPolicy", Honoured, "as the kubelet's"),
-    f("lifecycle", Refused, "hooks are not run yet"),
-    f("livenessProbe", Refused, "probes are not run yet"),
+    f(
+        "lifecycle",
+        Honoured,
+        "postStart and preStop: exec (in the container's context), httpGet, sleep; stopSignal as KillSignal= (no realtime signals)",
+    ),
+    f(
+        "livenessProbe",
+        Honoured,
+        "exec (in the container's context), httpGet, tcpSocket, grpc (Plaintext); a failure restarts the container",
+    ),
     f("name", Honoured, "part of the unit name"),
     f("ports", Honoured, "informational: the port is the node's"),
-    f("readinessProbe", Refused, "probes are not run yet"),
+    f("readinessProbe", Honoured, "as livenessProbe; drives the container's `ready` and the pod's Ready"),
     f(
         "resizePolicy",
         Honoured,
@@ -137,16 +165,20 @@ pub const CONTAINER_FIELDS: &[Field] = &[
     f(
         "securityContext",
         Honoured,
-        "user and groups, capabilities, privileged, readOnlyRootFilesystem, allowPrivilegeEscalation, seccompProfile, appArmorProfile (see Security); procMount Unmasked and seLinuxOptions are refused",
+        "user and groups, capabilities, privileged, readOnlyRootFilesystem, allowPrivilegeEscalation, seccompProfile, appArmorProfile (see Limits and isolation); procMount Unmasked and seLinuxOptions are refused",
     ),
-    f("startupProbe", Refused, "probes are not run yet"),
+    f("startupProbe", Honoured, "as livenessProbe; holds the other probes back until it passes"),
     f("stdin", Refused, "true: attach is not supported yet"),
     f("stdinOnce", Ignored, "only with stdin"),
-    f("terminationMessagePath", Ignored, "no termination message yet (Warning event when not the default)"),
-    f("terminationMessagePolicy", Ignored, "no termination message yet (Warning event when not the default)"),
+    f("terminationMessagePath", Honoured, "a per-container file bound at this path; its last 4 KiB are the message"),
+    f("terminationMessagePolicy", Honoured, "FallbackToLogsOnError takes the last 80 lines (2 KiB) from the journal"),
     f("tty", Refused, "true: attach is not supported yet"),
     f("volumeDevices", Refused, "no block devices"),
-    f("volumeMounts", Refused, "volumes are not mounted yet (mounts of the service-account token volume are ignored)"),
+    f(
+        "volumeMounts",
+        Honoured,
+        "bind mounts; subPath, subPathExpr, readOnly; mountPropagation Bidirectional and bindMountOptions refused",
+    ),
     f("workingDir", Honoured, "WorkingDirectory="),
 ];
 
@@ -167,14 +199,50 @@ fn set_keys(v: &impl serde::Serialize) -> Vec<String> {
     }
 }
 
-/// The token volume the API server's ServiceAccount admission adds to every pod.
-fn is_token_volume(v: &Volume) -> bool {
-    v.name.starts_with("kube-api-access-")
-        && v.projected.as_ref().is_some_and(|p| p.sources.iter().flatten().any(|s| s.service_account_token.is_some()))
-}
-
-fn token_volume(spec: &PodSpec) -> Option<&str> {
-    spec.volumes.iter().flatten().find(|v| is_token_volume(v)).map(|v| v.name.as_str())
+/// Why a volume cannot be mounted by vks, if it cannot.
+fn volume_refusal(v: &Volume) -> Option<String> {
+    let supported = v.empty_dir.is_some()
+        || v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+        || v.host_path.is_some();
+    if !supported {
+        let kinds: Vec<String> = set_keys(v).into_iter().filter(|k| k != "name").collect();
+        return Some(format!(
+            "volume {} ({}) is not supported by vks (emptyDir, configMap, secret, downwardAPI, projected and hostPath are)",
+            v.name,
+            kinds.join(", ")
+        ));
+    }
+    if let Some(m) = v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()).filter(|m| !m.is_empty() && *m != "Memory")
+    {
+        return Some(format!("volume {}: emptyDir medium {m:?} is not supported by vks", v.name));
+    }
+    let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+    if sources.clone().any(|s| s.cluster_trust_bundle.is_some() || s.pod_certificate.is_some()) {
+        return Some(format!(
+            "volume {}: clusterTrustBundle and podCertificate projections are not supported by vks",
+            v.name
+        ));
+    }
+    // The alpha AtomicWriteVolumeUserFields: file owners are the pod's user on vks.
+    let users = v
+        .config_map
+        .as_ref()
+        .is_some_and(|c| c.default_user.is_some() || c.items.iter().flatten().any(|i| i.user.is_some()))
+        || v.secret
+            .as_ref()
+            .is_some_and(|c| c.default_user.is_some() || c.items.iter().flatten().any(|i| i.user.is_some()))
+        || v.downward_api.as_ref().is_some_and(|d| d.items.iter().flatten().any(|i| i.user.is_some()))
+        || v.projected.as_ref().is_some_and(|p| p.default_user.is_some())
+        || sources.clone().any(|s| {
+            s.service_account_token.as_ref().is_some_and(|t| t.user.is_some())
+                || s.config_map.as_ref().is_some_and(|c| c.items.iter().flatten().any(|i| i.user.is_some()))
+                || s.secret.as_ref().is_some_and(|c| c.items.iter().flatten().any(|i| i.user.is_some()))
+                || s.downward_api.as_ref().is_some_and(|d| d.items.iter().flatten().any(|i| i.user.is_some()))
+        });
+    users.then(|| format!("volume {}: per-file user and defaultUser are not supported by vks", v.name))
 }
 
 /// What the node has for pods when one is admitted: its allocatable, and what the pods
@@ -235,20 +303,11 @@ pub fn admission(pod: &Pod, load: Option<&NodeLoad>) -> Option<(String, String)>
 /// Why pod-level fields stop every container of the pod, if they do.
 fn pod_refusal(spec: &PodSpec) -> Option<String> {
     let mut why: Vec<String> = Vec::new();
-    if spec.active_deadline_seconds.is_some() {
-        why.push("activeDeadlineSeconds is not enforced by vks yet".into());
-    }
     if spec.dns_config.is_some() || spec.dns_policy.as_deref() == Some("None") {
         why.push("dnsConfig (dnsPolicy None) is not supported: pods use the node's resolver".into());
     }
-    if spec.host_aliases.as_ref().is_some_and(|a| !a.is_empty()) {
-        why.push("hostAliases is not supported: pods use the node's /etc/hosts".into());
-    }
     if spec.host_users == Some(false) {
         why.push("hostUsers: false (user namespaces) is not supported by vks".into());
-    }
-    if spec.readiness_gates.as_ref().is_some_and(|g| !g.is_empty()) {
-        why.push("readinessGates are not evaluated by vks yet".into());
     }
     if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
         why.push("resourceClaims are not supported by vks".into());
@@ -256,11 +315,7 @@ fn pod_refusal(spec: &PodSpec) -> Option<String> {
     if spec.runtime_class_name.is_some() {
         why.push("runtimeClassName is not supported by vks".into());
     }
-    let volumes: Vec<&str> =
-        spec.volumes.iter().flatten().filter(|v| !is_token_volume(v)).map(|v| v.name.as_str()).collect();
-    if !volumes.is_empty() {
-        why.push(format!("volumes ({}) are not mounted by vks yet", volumes.join(", ")));
-    }
+    why.extend(spec.volumes.iter().flatten().filter_map(volume_refusal));
     (!why.is_empty()).then(|| format!("pod field {}", why.join("; ")))
 }
 
@@ -272,21 +327,12 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
         return Some(format!("container {}: {why}", c.name));
     }
     let mut why: Vec<String> = Vec::new();
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        why.push("envFrom is not supported by vks yet".into());
-    }
-    if c.lifecycle.as_ref().is_some_and(|l| !set_keys(l).is_empty()) {
-        why.push("lifecycle hooks are not run by vks yet".into());
-    }
-    for (name, set) in [
-        ("livenessProbe", c.liveness_probe.is_some()),
-        ("readinessProbe", c.readiness_probe.is_some()),
-        ("startupProbe", c.startup_probe.is_some()),
-    ] {
-        if set {
-            why.push(format!("{name} is not run by vks yet"));
+    for e in c.env.iter().flatten() {
+        if e.value_from.as_ref().is_some_and(|f| f.file_key_ref.is_some()) {
+            why.push(format!("env {}: fileKeyRef is not supported by vks yet", e.name));
         }
     }
+    why.extend(crate::probes::spec::unsupported(c));
     if c.restart_policy_rules.as_ref().is_some_and(|r| !r.is_empty()) {
         why.push("restartPolicyRules are not supported by vks yet".into());
     }
@@ -296,16 +342,17 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         why.push("volumeDevices are not supported by vks".into());
     }
-    let token = token_volume(spec);
-    let mounts: Vec<&str> = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .filter(|m| Some(m.name.as_str()) != token)
-        .map(|m| m.mount_path.as_str())
-        .collect();
-    if !mounts.is_empty() {
-        why.push(format!("volumeMounts ({}) are not mounted by vks yet", mounts.join(", ")));
+    for m in c.volume_mounts.iter().flatten() {
+        if m.mount_propagation.as_deref() == Some("Bidirectional") {
+            why.push(format!(
+                "volumeMount {}: mountPropagation Bidirectional is not supported by vks (systemd cannot make one \
+                 mount of a unit shared)",
+                m.mount_path
+            ));
+        }
+        if m.bind_mount_options.as_ref().is_some_and(|o| !o.is_empty()) {
+            why.push(format!("volumeMount {}: bindMountOptions are not supported by vks", m.mount_path));
+        }
     }
     (!why.is_empty()).then(|| format!("container {}: field {}", c.name, why.join("; ")))
 }
@@ -315,10 +362,13 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
 pub fn warnings(pod: &Pod) -> Vec<String> {
     let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
     let mut out = Vec::new();
-    if let Some(v) = token_volume(spec) {
-        out.push(format!(
-            "volume {v}: the service-account token is not mounted by vks yet; set automountServiceAccountToken: false to silence this"
-        ));
+    for v in spec.volumes.iter().flatten() {
+        if let Some(e) = &v.empty_dir
+            && e.medium.as_deref().unwrap_or("").is_empty()
+            && e.size_limit.is_some()
+        {
+            out.push(format!("volume {}: the sizeLimit of an emptyDir on disk is not enforced by vks", v.name));
+        }
     }
     if spec.hostname.is_some()
         || spec.subdomain.is_some()
@@ -339,14 +389,6 @@ pub fn warnings(pod: &Pod) -> Vec<String> {
         if c.resources.as_ref().is_some_and(|r| storage(r.limits.as_ref())) {
             out.push(format!(
                 "container {}: resources.limits.ephemeral-storage is reported, not enforced: vks containers have no writable layer of their own",
-                c.name
-            ));
-        }
-        let path = c.termination_message_path.as_deref().unwrap_or("/dev/termination-log");
-        let policy = c.termination_message_policy.as_deref().unwrap_or("File");
-        if path != "/dev/termination-log" || policy != "File" {
-            out.push(format!(
-                "container {}: terminationMessagePath/Policy: vks records no termination message yet",
                 c.name
             ));
         }
@@ -475,25 +517,44 @@ mod tests {
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(refusal(&p, c), None);
         assert_eq!(admission(&p, None), None);
-        let w = warnings(&p);
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with("volume kube-api-access-x2k9d:"), "{w:?}");
+        assert_eq!(warnings(&p), Vec::<String>::new());
     }
 
     #[test]
     fn refused_fields_are_named() {
         let p = pod(serde_json::json!({"containers": [{"name": "c", "image": "x",
-            "livenessProbe": {"exec": {"command": ["true"]}},
+            "livenessProbe": {"grpc": {"port": 9090, "mode": "TLS"}},
             "securityContext": {"runAsUser": 1000},
             "resources": {"limits": {"memory": "256Mi"}}}]}));
         let c = &p.spec.as_ref().unwrap().containers[0];
-        assert_eq!(refusal(&p, c).unwrap(), "container c: field livenessProbe is not run by vks yet");
-        let p = pod(
-            serde_json::json!({"securityContext": {"runAsNonRoot": true}, "volumes": [{"name": "data", "emptyDir": {}}],
-            "containers": [{"name": "c", "image": "x"}]}),
+        assert_eq!(
+            refusal(&p, c).unwrap(),
+            "container c: field livenessProbe.grpc.mode \"TLS\" is not supported by vks (only Plaintext)"
         );
+        let p = pod(serde_json::json!({"securityContext": {"runAsNonRoot": true}, "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}},
+                {"name": "huge", "emptyDir": {"medium": "HugePages"}},
+                {"name": "ctb", "projected": {"sources": [{"clusterTrustBundle": {"path": "b", "name": "n"}}]}}],
+            "containers": [{"name": "c", "image": "x", "volumeMounts": [
+                {"name": "data", "mountPath": "/d", "mountPropagation": "Bidirectional"}]}]}));
         let c = &p.spec.as_ref().unwrap().containers[0];
-        assert_eq!(refusal(&p, c).unwrap(), "container c: pod field volumes (data) are not mounted by vks yet");
+        assert_eq!(
+            refusal(&p, c).unwrap(),
+            "container c: pod field volume pvc \
+             (persistentVolumeClaim) is not supported by vks (emptyDir, configMap, secret, downwardAPI, projected and \
+             hostPath are); volume huge: emptyDir medium \"HugePages\" is not supported by vks; volume ctb: \
+             clusterTrustBundle and podCertificate projections are not supported by vks"
+        );
+        let p = pod(serde_json::json!({"volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": "x", "volumeMounts": [
+                {"name": "data", "mountPath": "/d", "mountPropagation": "Bidirectional"}]}]}));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            refusal(&p, c).unwrap(),
+            "container c: field volumeMount /d: mountPropagation Bidirectional is not supported by vks (systemd cannot \
+             make one mount of a unit shared)"
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! `PropertiesChanged` signals) to that pod's [`worker::Worker`]. At start-up it reads the vks
 //! units already on the node (their `[X-Kubernetes]` sections) and hands them to the workers of
 //! their pods, so running units are adopted, never restarted. Units whose pod no longer exists
-//! are stopped and removed (at start-up, after every re-list, and periodically); files without a
-//! complete `[X-Kubernetes]` section are never touched.
+//! are stopped and removed (at start-up, after every re-list, and periodically), and so are the
+//! pod directories (volumes, env files) of pods that are gone; files without a complete
+//! `[X-Kubernetes]` section are never touched.
 //!
 //! Workers are supervised: a worker that panics is logged with its pod and replaced by a new one
 //! (after a back-off that grows with repeated panics), which adopts the pod's units and drives
@@ -15,10 +16,15 @@
 
 pub mod api;
 pub mod backoff;
+pub mod data;
 pub mod fields;
+pub mod local;
 pub mod status;
+pub mod termination;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_probes;
 pub mod worker;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -223,7 +229,9 @@ impl PodManager {
         let Some(uid) = self.task_pods.remove(&id) else { return };
         let e = match result {
             Ok(_) => {
-                self.finished(&uid);
+                if let Some(h) = self.finished(&uid) {
+                    self.shared.api.forget(&PodRef::of(&h.pod));
+                }
                 self.panics.remove(&uid);
                 return;
             }
@@ -286,6 +294,13 @@ impl PodManager {
                 units.len()
             );
             self.spawn(pod, units, true);
+        }
+        // Pod directories whose pod is gone (deleted while vks was not running, or a removal
+        // that was interrupted): nothing of a deleted pod stays on the node.
+        let keep: HashSet<String> =
+            self.workers.keys().chain(self.respawn.keys()).chain(self.adopted.keys()).cloned().collect();
+        for uid in self.shared.volumes.sweep(keep).await {
+            log::info!("removed the directories of gone pod {uid}");
         }
         self.sweep_slices().await;
     }
@@ -387,7 +402,9 @@ impl PodManager {
                 },
                 _ = resync.tick() => {
                     self.resync_all();
-                    if listing.is_none() {
+                    // Only once a full listing was seen: before it, every unit would look
+                    // orphaned (an API server unreachable at start-up must not stop pods).
+                    if listing.is_none() && *self.synced.borrow() {
                         self.sweep().await;
                     }
                 }

@@ -1,6 +1,11 @@
 //! Pure computation of container and pod status, ported from the kubelet (`getPhase` in
 //! pkg/kubelet/kubelet_pods.go, the conditions in pkg/kubelet/status/generate.go) so that
 //! `kubectl get pods`, Jobs and Deployments see what they would see from a kubelet.
+//!
+//! A container is `started` once it runs and its startup probe passed, `ready` once it is
+//! started and its readiness probe passes. The pod's Ready condition also waits for its
+//! `readinessGates`: conditions that others (controllers) set on the pod. vks writes only the
+//! conditions the kubelet owns; the status patch merges conditions by type, so the others' stay.
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
@@ -37,6 +42,15 @@ impl CState {
     /// A waiting state.
     pub fn waiting(reason: WaitingReason, message: impl Into<Option<String>>) -> CState {
         CState::Waiting { reason, message: message.into() }
+    }
+
+    /// `waiting`, `running` or `terminated`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CState::Waiting { .. } => "waiting",
+            CState::Running { .. } => "running",
+            CState::Terminated(_) => "terminated",
+        }
     }
 
     /// One word for logs: the waiting reason, `Running` or `Terminated(<exit code>)`.
@@ -164,6 +178,10 @@ pub struct ContainerView {
     pub restart_count: i32,
     /// The `systemd://<invocation id>` of the current or last run.
     pub container_id: Option<String>,
+    /// Its startup probe passed (true without one).
+    pub startup_passed: bool,
+    /// Its readiness probe passes (true without one).
+    pub readiness_passes: bool,
 }
 
 impl ContainerView {
@@ -171,12 +189,17 @@ impl ContainerView {
         matches!(self.state, CState::Running { .. })
     }
 
-    /// Ready: running for app containers and sidecars (no probes yet); completed with 0 for
-    /// init containers.
+    /// Started: running, and its startup probe passed.
+    pub fn started(&self) -> bool {
+        self.running() && self.startup_passed
+    }
+
+    /// Ready: for app containers and sidecars, started and passing its readiness probe;
+    /// completed with 0 for init containers.
     pub fn ready(&self) -> bool {
         match self.kind {
             ContainerKind::Init => matches!(&self.state, CState::Terminated(t) if t.exit_code == 0),
-            _ => self.running(),
+            _ => self.started() && self.readiness_passes,
         }
     }
 
@@ -187,7 +210,7 @@ impl ContainerView {
             image_id: self.image_id.clone(),
             container_id: self.container_id.clone(),
             ready: self.ready(),
-            started: Some(self.running()),
+            started: Some(self.started()),
             restart_count: self.restart_count,
             state: Some(self.state.to_api()),
             last_state: Some(
@@ -308,13 +331,15 @@ pub struct PodFacts<'a> {
     pub terminal: bool,
     /// The time to stamp new condition transitions with.
     pub now: Timestamp,
+    /// vks failed the pod (reason, message), e.g. `DeadlineExceeded`: its phase is Failed.
+    pub failed: Option<(&'a str, &'a str)>,
 }
 
 /// The full pod status: phase, conditions, container statuses, IPs, start time, QoS class.
 pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
     let spec = f.pod.spec.as_ref();
     let policy = RestartPolicy::of_pod(spec);
-    let phase = phase(policy, containers, f.terminal);
+    let phase = if f.failed.is_some() { "Failed" } else { phase(policy, containers, f.terminal) };
     let old = f.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
 
     let init_incomplete: Vec<&str> = containers
@@ -349,10 +374,16 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
                 condition("Ready", false, Some(reason), None, &old, f.now),
             )
         }
-        _ if unready.is_empty() => (
-            condition("ContainersReady", true, None, None, &old, f.now),
-            condition("Ready", true, None, None, &old, f.now),
-        ),
+        _ if unready.is_empty() => {
+            let gates =
+                unready_gates(spec.map(|s| s.readiness_gates.as_deref().unwrap_or_default()).unwrap_or_default(), &old);
+            let ready = if gates.is_empty() {
+                condition("Ready", true, None, None, &old, f.now)
+            } else {
+                condition("Ready", false, Some("ReadinessGatesNotReady"), Some(gates.join(", ")), &old, f.now)
+            };
+            (condition("ContainersReady", true, None, None, &old, f.now), ready)
+        }
         _ => {
             let msg = format!("containers with unready status: {}", names(&unready));
             (
@@ -373,6 +404,8 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         containers.iter().partition(|c| c.kind != ContainerKind::App);
     PodStatus {
         phase: Some(phase.to_owned()),
+        reason: f.failed.map(|(r, _)| r.to_owned()),
+        message: f.failed.map(|(_, m)| m.to_owned()),
         conditions: Some(conditions),
         host_ip: Some(f.node_ip.to_owned()),
         host_ips: Some(vec![HostIP { ip: f.node_ip.to_owned() }]),
@@ -384,6 +417,27 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         container_statuses: Some(app.iter().map(|c| c.api()).collect()),
         ..PodStatus::default()
     }
+}
+
+/// Why the readiness gates of a pod hold its Ready condition back (the kubelet's messages), from
+/// the conditions the pod has now; empty when every gate's condition is True.
+pub fn unready_gates(
+    gates: &[k8s_openapi::api::core::v1::PodReadinessGate],
+    conditions: &[PodCondition],
+) -> Vec<String> {
+    gates
+        .iter()
+        .filter_map(|g| match conditions.iter().find(|c| c.type_ == g.condition_type) {
+            None => {
+                Some(format!("corresponding condition of pod readiness gate {:?} does not exist.", g.condition_type))
+            }
+            Some(c) if c.status != "True" => Some(format!(
+                "the status of pod readiness gate {:?} is not \"True\", but {}",
+                g.condition_type, c.status
+            )),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 /// The pod's QoS class (k8s.io/kubernetes pkg/apis/core/helper/qos): Guaranteed when every
@@ -420,166 +474,5 @@ pub fn qos_class(pod: &Pod) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::systemd::ActiveState;
-
-    fn view(name: &str, kind: ContainerKind, state: CState) -> ContainerView {
-        ContainerView {
-            name: name.into(),
-            kind,
-            image: "/bin/x".into(),
-            image_id: "/bin/x".into(),
-            state,
-            last_state: None,
-            restart_count: 0,
-            container_id: None,
-        }
-    }
-
-    fn exited(code: i32) -> CState {
-        CState::Terminated(Box::new(ContainerStateTerminated { exit_code: code, ..Default::default() }))
-    }
-
-    fn running() -> CState {
-        CState::Running { started_at: None }
-    }
-
-    fn creating() -> CState {
-        CState::waiting(WaitingReason::ContainerCreating, None)
-    }
-
-    fn crashloop(code: i32) -> (CState, Option<ContainerStateTerminated>) {
-        (
-            CState::waiting(WaitingReason::CrashLoopBackOff, None),
-            Some(ContainerStateTerminated { exit_code: code, ..Default::default() }),
-        )
-    }
-
-    #[test]
-    fn unit_states_map_to_container_states() {
-        let mut u = UnitStatus {
-            load_state: "loaded".into(),
-            active_state: ActiveState::Active,
-            sub_state: "running".into(),
-            main_pid: 7,
-            started_usec: 1_700_000_000_000_000,
-            invocation_id: "abc".into(),
-            ..UnitStatus::default()
-        };
-        assert!(matches!(unit_run(&u), UnitRun::Running(Some(_))));
-        u.main_pid = 0;
-        u.active_state = ActiveState::Activating;
-        assert_eq!(unit_run(&u), UnitRun::NotStarted);
-        u.main_pid = 0;
-        u.exit_kind = ExitKind::Exited;
-        u.exit_status = 0;
-        u.exited_usec = 1_700_000_001_000_000;
-        u.active_state = ActiveState::Active;
-        u.sub_state = "exited".into();
-        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
-        assert_eq!(
-            (t.exit_code, t.reason.as_deref(), t.container_id.as_deref()),
-            (0, Some("Completed"), Some("systemd://abc"))
-        );
-        u.exit_status = 3;
-        u.result = "exit-code".into();
-        u.active_state = ActiveState::Failed;
-        u.sub_state = "failed".into();
-        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
-        assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
-        u.exit_status = 203;
-        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
-        assert_eq!(t.reason.as_deref(), Some("StartError"));
-        assert!(t.message.as_deref().unwrap().contains("203 (EXEC"));
-        u.exit_kind = ExitKind::Killed;
-        u.exit_status = 9;
-        u.result = "signal".into();
-        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
-        assert_eq!((t.exit_code, t.signal, t.reason.as_deref()), (137, Some(9), Some("Error")));
-        u.result = "oom-kill".into();
-        let UnitRun::Exited(t) = unit_run(&u) else { panic!() };
-        assert_eq!(t.reason.as_deref(), Some("OOMKilled"));
-    }
-
-    #[test]
-    fn phases_follow_the_kubelet() {
-        use ContainerKind::*;
-        let p = |policy, cs: Vec<ContainerView>| phase(policy, &cs, false);
-        assert_eq!(p(RestartPolicy::Always, vec![view("a", App, creating())]), "Pending");
-        assert_eq!(p(RestartPolicy::Always, vec![view("a", App, running())]), "Running");
-        assert_eq!(p(RestartPolicy::Always, vec![view("i", Init, running()), view("a", App, creating())]), "Pending");
-        assert_eq!(p(RestartPolicy::Never, vec![view("i", Init, exited(1)), view("a", App, creating())]), "Failed");
-        let (s, l) = crashloop(1);
-        let mut i = view("i", Init, s);
-        i.last_state = l;
-        assert_eq!(p(RestartPolicy::Always, vec![i.clone(), view("a", App, creating())]), "Pending");
-        assert_eq!(p(RestartPolicy::Never, vec![view("a", App, exited(0)), view("b", App, exited(0))]), "Succeeded");
-        assert_eq!(p(RestartPolicy::Never, vec![view("a", App, exited(0)), view("b", App, exited(2))]), "Failed");
-        assert_eq!(p(RestartPolicy::OnFailure, vec![view("a", App, exited(2))]), "Running");
-        assert_eq!(p(RestartPolicy::OnFailure, vec![view("a", App, exited(0))]), "Succeeded");
-        assert_eq!(p(RestartPolicy::Always, vec![view("a", App, exited(0))]), "Running");
-        let (s, l) = crashloop(1);
-        let mut a = view("a", App, s);
-        a.last_state = l;
-        assert_eq!(p(RestartPolicy::Always, vec![a]), "Running");
-        assert_eq!(phase(RestartPolicy::Always, &[view("a", App, exited(0))], true), "Succeeded");
-        // A sidecar that keeps running does not hold the pod in Running once apps are done.
-        assert_eq!(
-            p(RestartPolicy::Never, vec![view("s", Sidecar, exited(137)), view("a", App, exited(0))]),
-            "Succeeded"
-        );
-        assert_eq!(p(RestartPolicy::Never, vec![view("s", Sidecar, running()), view("a", App, running())]), "Running");
-        assert_eq!(
-            p(RestartPolicy::Never, vec![view("s", Sidecar, creating()), view("a", App, creating())]),
-            "Pending"
-        );
-    }
-
-    fn pod(json: serde_json::Value) -> Pod {
-        serde_json::from_value(json).unwrap()
-    }
-
-    #[test]
-    fn conditions_and_statuses() {
-        use ContainerKind::*;
-        let p =
-            pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
-        let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let f = PodFacts { pod: &p, node_ip: "10.0.0.5", start_time: now, terminal: false, now };
-        let s = pod_status(&f, &[view("i", Init, exited(0)), view("a", App, running()), view("b", App, creating())]);
-        assert_eq!(s.phase.as_deref(), Some("Pending"));
-        let cond = |t: &str| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap().clone();
-        assert_eq!(cond("Initialized").status, "True");
-        assert_eq!(cond("Ready").status, "False");
-        assert_eq!(cond("Ready").message.as_deref(), Some("containers with unready status: [b]"));
-        assert_eq!(cond("PodScheduled").status, "True");
-        assert_eq!(s.pod_ip.as_deref(), Some("10.0.0.5"));
-        assert!(s.init_container_statuses.as_ref().unwrap()[0].ready);
-        let b = &s.container_statuses.as_ref().unwrap()[1];
-        assert_eq!(b.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ContainerCreating"));
-        assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
-
-        let s = pod_status(&f, &[view("i", Init, running()), view("a", App, creating()), view("b", App, creating())]);
-        let c = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Initialized").unwrap();
-        assert_eq!(c.message.as_deref(), Some("containers with incomplete status: [i]"));
-
-        let f = PodFacts { terminal: true, ..f };
-        let s = pod_status(&f, &[view("a", App, exited(0)), view("b", App, exited(0))]);
-        assert_eq!(s.phase.as_deref(), Some("Succeeded"));
-        let c = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!(c.reason.as_deref(), Some("PodCompleted"));
-    }
-
-    #[test]
-    fn qos() {
-        let best = pod(serde_json::json!({"spec": {"containers": [{"name": "a"}]}}));
-        assert_eq!(qos_class(&best), "BestEffort");
-        let guaranteed = pod(serde_json::json!({"spec": {"containers": [{"name": "a",
-            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}));
-        assert_eq!(qos_class(&guaranteed), "Guaranteed");
-        let burstable = pod(serde_json::json!({"spec": {"containers": [{"name": "a",
-            "resources": {"requests": {"cpu": "100m"}}}]}}));
-        assert_eq!(qos_class(&burstable), "Burstable");
-    }
-}
+#[path = "status_tests.rs"]
+mod tests;

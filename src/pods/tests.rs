@@ -59,23 +59,31 @@ impl Images for FakeImages {
 type PodTx = mpsc::UnboundedSender<Result<Event<Pod>, watcher::Error>>;
 
 /// A pod manager running against fakes.
-struct World {
-    systemd: Arc<FakeSystemd>,
-    api: Arc<FakePodApi>,
-    events: Arc<FakeRecorder>,
+pub(super) struct World {
+    pub systemd: Arc<FakeSystemd>,
+    /// ConfigMaps, Secrets, tokens (issue 12).
+    objects: Arc<crate::objects::fake::FakeObjects>,
+    /// The pod directories (`pods/`, `run/`).
+    dirs: tempfile::TempDir,
+    pub api: Arc<FakePodApi>,
+    pub events: Arc<FakeRecorder>,
     images: Arc<FakeImages>,
-    clock: Clock,
+    pub prober: Arc<crate::probes::fake::FakeProber>,
+    pub logs: Arc<super::termination::FakeLogs>,
+    pub clock: Clock,
+    /// The pod directory (a fresh one per world).
+    pub pod_dir: tempfile::TempDir,
     pods: PodTx,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-const START: u64 = 1_800_000_000;
+pub(super) const START: u64 = 1_800_000_000;
 /// The node-level slices the pod manager writes when it starts (they stay).
 const NODE_SLICES: [&str; 3] = ["vks.slice", "vks-burstable.slice", "vks-besteffort.slice"];
 
 impl World {
-    async fn start() -> World {
+    pub(super) async fn start() -> World {
         World::start_with(Arc::new(FakeSystemd::with_clock(World::clock())), &[]).await
     }
 
@@ -85,7 +93,12 @@ impl World {
 
     /// A world on `systemd`, whose first pod list (the watch's initial listing) is `initial`.
     async fn start_with(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
-        World::start_node(systemd, initial, None).await
+        World::start_full(systemd, Some(initial), &[], None).await
+    }
+
+    /// A world whose pod watch sends `listing` first, or nothing (an unreachable API server).
+    async fn start_listing(systemd: Arc<FakeSystemd>, listing: Option<&[Pod]>) -> World {
+        World::start_full(systemd, listing, &[], None).await
     }
 
     /// A world whose node admits pods against `allocatable`.
@@ -94,10 +107,24 @@ impl World {
         initial: &[Pod],
         allocatable: Option<crate::unit::resources::NodeAllocatable>,
     ) -> World {
+        World::start_full(systemd, Some(initial), &[], allocatable).await
+    }
+
+    /// A world on `systemd` with the `listing` of pods (or none), directories of these pod
+    /// UIDs left on the node (as a crash would leave them), and allocatable to admit pods against.
+    async fn start_full(
+        systemd: Arc<FakeSystemd>,
+        listing: Option<&[Pod]>,
+        pre_existing_dirs: &[&str],
+        allocatable: Option<crate::unit::resources::NodeAllocatable>,
+    ) -> World {
         let clock = World::clock();
         let api = Arc::new(FakePodApi::default());
         let events = Arc::new(FakeRecorder::default());
         let images = Arc::new(FakeImages { clock, ..FakeImages::default() });
+        let prober = Arc::new(crate::probes::fake::FakeProber::new(clock));
+        let logs = Arc::new(super::termination::FakeLogs::default());
+        let pod_dir = tempfile::tempdir().unwrap();
         let mut shared = Shared::new(
             api.clone(),
             events.clone(),
@@ -105,38 +132,56 @@ impl World {
             images.clone(),
             clock,
             NodeContext::new("n1", "10.0.0.5"),
-            std::env::temp_dir().join(format!("vks-pods-test-{}", std::process::id())),
+            pod_dir.path().to_owned(),
             Arc::new(ApiHealth::default()),
         );
         shared.is_executable = |_| true;
         if let Some(a) = allocatable {
             shared = shared.with_node_resources(a, None, true);
         }
+        let dirs = tempfile::tempdir().unwrap();
+        let objects = Arc::new(crate::objects::fake::FakeObjects::new(clock));
+        let api_server = Some(("192.0.2.1".to_owned(), 6443));
+        shared.objects = crate::objects::Objects::with_node(objects.clone(), clock, api_server, Default::default());
+        shared.volumes = Arc::new(crate::volumes::Volumes::new(
+            dirs.path().join("pods"),
+            dirs.path().join("run"),
+            Vec::new(),
+            clock,
+        ));
+        for uid in pre_existing_dirs {
+            std::fs::create_dir_all(dirs.path().join("pods").join(uid).join("volumes")).unwrap();
+            std::fs::create_dir_all(dirs.path().join("run").join(uid).join("env")).unwrap();
+        }
+        shared.prober = prober.clone();
+        shared.logs = logs.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let manager = PodManager::new(Arc::new(shared), cancel.clone(), Default::default());
         let stream = tokio_stream_of(rx);
         let hb = Heartbeats::default().register("pod manager", Duration::from_secs(30));
         let task = tokio::spawn(manager.run(stream, hb));
-        tx.send(Ok(Event::Init)).unwrap();
-        for p in initial {
-            tx.send(Ok(Event::InitApply(p.clone()))).unwrap();
+        if let Some(initial) = listing {
+            tx.send(Ok(Event::Init)).unwrap();
+            for p in initial {
+                tx.send(Ok(Event::InitApply(p.clone()))).unwrap();
+            }
+            tx.send(Ok(Event::InitDone)).unwrap();
         }
-        tx.send(Ok(Event::InitDone)).unwrap();
-        World { systemd, api, events, images, clock, pods: tx, cancel, task }
+        World { systemd, objects, dirs, api, events, images, prober, logs, clock, pod_dir, pods: tx, cancel, task }
     }
 
-    fn apply(&self, pod: &Pod) {
+    pub(super) fn apply(&self, pod: &Pod) {
         self.pods.send(Ok(Event::Apply(pod.clone()))).unwrap();
     }
 
     /// Runs the world for `d` of virtual time.
-    async fn run_for(&self, d: Duration) {
+    pub(super) async fn run_for(&self, d: Duration) {
         tokio::time::sleep(d).await;
     }
 
     /// Runs the world until `f` holds (virtual deadline: 30 minutes).
-    async fn until(&self, what: &str, mut f: impl FnMut(&World) -> bool) {
+    pub(super) async fn until(&self, what: &str, mut f: impl FnMut(&World) -> bool) {
         for _ in 0..18_000 {
             if f(self) {
                 return;
@@ -146,11 +191,11 @@ impl World {
         panic!("never happened: {what}");
     }
 
-    fn status(&self, uid: &str) -> PodStatus {
+    pub(super) fn status(&self, uid: &str) -> PodStatus {
         self.api.status(uid).unwrap_or_default()
     }
 
-    fn container(&self, uid: &str, name: &str) -> ContainerStatus {
+    pub(super) fn container(&self, uid: &str, name: &str) -> ContainerStatus {
         let s = self.status(uid);
         s.init_container_statuses
             .iter()
@@ -161,12 +206,12 @@ impl World {
             .unwrap_or_default()
     }
 
-    fn running(&self, unit: &str) -> bool {
+    pub(super) fn running(&self, unit: &str) -> bool {
         self.systemd.unit(unit).is_some_and(|u| u.main_pid != 0)
     }
 
     /// Times (seconds since the start) of the start and restart jobs of `unit`.
-    fn starts(&self, unit: &str) -> Vec<u64> {
+    pub(super) fn starts(&self, unit: &str) -> Vec<u64> {
         self.systemd
             .timed_calls()
             .into_iter()
@@ -175,17 +220,20 @@ impl World {
             .collect()
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.cancel.cancel();
         self.task.await.unwrap().unwrap();
     }
 }
 
+/// Scenarios of ConfigMaps, Secrets, tokens and volumes (issue 12).
+mod data;
+
 fn tokio_stream_of(mut rx: mpsc::UnboundedReceiver<Result<Event<Pod>, watcher::Error>>) -> super::PodEvents {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
-fn pod(name: &str, uid: &str, spec: serde_json::Value) -> Pod {
+pub(super) fn pod(name: &str, uid: &str, spec: serde_json::Value) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": "ns", "uid": uid},
         "spec": spec,
@@ -193,15 +241,15 @@ fn pod(name: &str, uid: &str, spec: serde_json::Value) -> Pod {
     .unwrap()
 }
 
-fn unit(pod: &str, container: &str) -> String {
+pub(super) fn unit(pod: &str, container: &str) -> String {
     crate::unit::name::unit_name("ns", pod, container)
 }
 
-fn waiting(c: &ContainerStatus) -> Option<String> {
+pub(super) fn waiting(c: &ContainerStatus) -> Option<String> {
     c.state.as_ref()?.waiting.as_ref()?.reason.clone()
 }
 
-fn is_running(c: &ContainerStatus) -> bool {
+pub(super) fn is_running(c: &ContainerStatus) -> bool {
     c.state.as_ref().is_some_and(|s| s.running.is_some())
 }
 
@@ -317,7 +365,7 @@ async fn init_containers_run_in_order_then_sidecars_then_apps() {
     w.stop().await;
 }
 
-fn deleting(mut p: Pod, grace: i64) -> Pod {
+pub(super) fn deleting(mut p: Pod, grace: i64) -> Pod {
     p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::from_second(START as i64).unwrap(),
     ));
@@ -417,7 +465,8 @@ async fn units_on_the_node_are_adopted_without_a_restart() {
         ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
     let c = p.spec.as_ref().unwrap().containers[0].clone();
     let node = NodeContext::new("n1", "10.0.0.5");
-    let plan = crate::unit::plan(&p, &c, crate::unit::ContainerKind::App, &image, &node, |_| true).unwrap();
+    let plan = crate::unit::plan(&p, &c, crate::unit::ContainerKind::App, &image, &node, &Default::default(), |_| true)
+        .unwrap();
     systemd.write_unit(&plan.name, &crate::unit::render(&plan).unwrap()).await.unwrap();
     systemd.start(&plan.name).await.unwrap();
     p.status = Some(
@@ -492,6 +541,38 @@ async fn changes_missed_while_disconnected_are_seen_after_a_resync() {
     assert_eq!(w.starts(&u).len(), 1, "no signal, no reaction");
     w.systemd.resync();
     w.until("restarted after the resync", |w| w.starts(&u).len() == 2).await;
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn units_are_not_swept_before_a_first_listing() {
+    // The API server is unreachable at start-up: no pod list ever comes. The units on the node
+    // are the pods' of the last listing; vks must not take them for orphans.
+    let systemd = Arc::new(FakeSystemd::with_clock(World::clock()));
+    let p = pod("kept", "u1", serde_json::json!({"containers": [{"name": "app", "image": "/bin/app"}]}));
+    let image =
+        ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
+    let c = p.spec.as_ref().unwrap().containers[0].clone();
+    let node = NodeContext::new("n1", "10.0.0.5");
+    let plan = crate::unit::plan(
+        &p,
+        &c,
+        crate::unit::ContainerKind::App,
+        &image,
+        &node,
+        &crate::unit::ContainerData::default(),
+        |_| true,
+    )
+    .unwrap();
+    systemd.write_unit(&plan.name, &crate::unit::render(&plan).unwrap()).await.unwrap();
+    systemd.start(&plan.name).await.unwrap();
+    let w = World::start_listing(systemd.clone(), None).await;
+    w.run_for(super::RESYNC_INTERVAL * 5).await;
+    assert!(w.running(&plan.name), "swept without a listing: {:?}", w.systemd.calls());
+    // The listing comes, without the pod: now it is an orphan.
+    w.pods.send(Ok(Event::Init)).unwrap();
+    w.pods.send(Ok(Event::InitDone)).unwrap();
+    w.until("the orphan is removed", |w| !w.systemd.files().contains_key(&plan.name) && !w.running(&plan.name)).await;
     w.stop().await;
 }
 

@@ -183,6 +183,7 @@ impl DbusSystemd {
                         let header = msg.header();
                         let Some(name) = header.path().and_then(|p| unit_name_from_path(p.as_str())) else { continue };
                         let Some(d) = delta(&msg) else { continue };
+                        observe_lag(&d);
                         self.broadcast(|| Some(UnitEvent::Changed(name.clone(), Box::new(d.clone()))), Some(&name));
                     }
                 },
@@ -313,6 +314,19 @@ fn delta(msg: &zbus::Message) -> Option<UnitDelta> {
         _ => return None,
     }
     Some(d)
+}
+
+/// Records how long after a run started or ended its signal reached vks.
+fn observe_lag(d: &UnitDelta) {
+    let at = match (d.exited_usec, d.started_usec, d.main_pid) {
+        (Some(t), _, _) if t > 0 && d.main_pid == Some(0) => t,
+        (_, Some(t), Some(pid)) if t > 0 && pid != 0 => t,
+        _ => return,
+    };
+    let now = crate::clock::Clock::system().usec();
+    if now >= at {
+        crate::metrics::metrics().dbus_signal_lag.observe((now - at) as f64 / 1e6);
+    }
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {

@@ -10,8 +10,10 @@
 //! from systemd; nothing here caches it.
 
 pub mod dbus;
+pub mod exec;
 pub mod fake;
 mod local;
+pub mod run;
 
 /// Where vks writes its unit files: runtime units, gone after a reboot (vks recreates them
 /// from the API), read by systemd without a `daemon-reload` for units it has not loaded yet.

@@ -3,23 +3,44 @@
 
 use k8s_openapi::api::core::v1::Container;
 
-use super::{Arg, ImageInfo, SpecError, expand};
+use super::env::{Piece, ResolvedEnv, expand_pieces, join_pieces};
+use super::{Arg, ImageInfo, SpecError};
 
 /// `PATH` used to find a bare command name when the container sets none (runc's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// One argument, `$(VAR)`-expanded: a literal, or (when a value from a Secret went into it) the
+/// pieces, so that the unit file refers to the secret variable instead of holding its value.
+fn expanded_arg(s: &str, env: &ResolvedEnv) -> Arg {
+    let pieces = expand_pieces(s, |n| env.lookup(n));
+    match join_pieces(&pieces) {
+        (text, true) => Arg::WithSecret { text, pieces },
+        (text, false) => Arg::Lit(text),
+    }
+}
+
 /// The argument vector with Kubernetes semantics: `command` replaces the image's entrypoint,
 /// `args` its arguments; both are `$(VAR)`-expanded with the container's environment.
-pub fn container_argv(c: &Container, image: &ImageInfo, env: &[(String, String)]) -> Result<Vec<Arg>, SpecError> {
-    let lookup = |n: &str| env.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+pub fn container_argv(c: &Container, image: &ImageInfo, env: &ResolvedEnv) -> Result<Vec<Arg>, SpecError> {
     let command = c.command.as_ref().filter(|v| !v.is_empty());
     let args = c.args.as_ref().filter(|v| !v.is_empty());
     let mut argv: Vec<Arg> = match command {
-        Some(cmd) => cmd.iter().map(|s| Arg::Lit(expand(s, lookup))).collect(),
+        Some(cmd) => cmd.iter().map(|s| expanded_arg(s, env)).collect(),
         None => image.entrypoint.iter().cloned().map(Arg::Lit).collect(),
     };
+    if let Some(Arg::WithSecret { pieces, .. }) = argv.first() {
+        let names: Vec<&str> = pieces
+            .iter()
+            .filter_map(|p| if let Piece::Secret { name, .. } = p { Some(name.as_str()) } else { None })
+            .collect();
+        return Err(SpecError::config(format!(
+            "container {}: command[0] uses a value from a Secret ({}): the program path must not be secret",
+            c.name,
+            names.join(", ")
+        )));
+    }
     match args {
-        Some(a) => argv.extend(a.iter().map(|s| Arg::Lit(expand(s, lookup)))),
+        Some(a) => argv.extend(a.iter().map(|s| expanded_arg(s, env))),
         None if command.is_none() => argv.extend(image.args.iter().cloned()),
         None => {}
     }
@@ -79,7 +100,10 @@ mod tests {
             args: vec![Arg::Lit("--default".into())],
             ..ImageInfo::default()
         };
-        let env = vec![("X".to_owned(), "1".to_owned())];
+        let env = ResolvedEnv {
+            vars: vec![super::super::env::Var { name: "X".into(), value: "1".into(), secret: false }],
+            ..ResolvedEnv::default()
+        };
         let argv = |j| {
             container_argv(&container(j), &image, &env).unwrap().iter().map(|a| a.text().to_owned()).collect::<Vec<_>>()
         };

@@ -150,9 +150,35 @@ pub fn exec_line(executable: &str, argv: &[super::Arg]) -> Result<String, Unrepr
             super::Arg::Lit(s) => line.push_str(&exec_arg(s)?),
             // Raw text comes from a packaged unit's own ExecStart= line (one line, no newline).
             super::Arg::Raw(s) => line.push_str(s),
+            super::Arg::WithSecret { pieces, .. } => line.push_str(&exec_arg_pieces(pieces)?),
         }
     }
     Ok(line)
+}
+
+/// One `ExecStart=` argument made of text and secret variables: the text escaped as
+/// [`exec_arg`] does, each secret variable as `${NAME}`, which systemd substitutes at exec time
+/// (inside a word: exactly the value, one argument), so the value never enters the unit file.
+pub fn exec_arg_pieces(pieces: &[super::env::Piece]) -> Result<String, Unrepresentable> {
+    let mut out = String::from("\"");
+    for p in pieces {
+        match p {
+            super::env::Piece::Text(t) => {
+                let q = quoted(t, true)?;
+                out.push_str(&q[1..q.len() - 1]);
+            }
+            super::env::Piece::Secret { name, .. } => {
+                if !is_valid_env_name(name) {
+                    return Err(Unrepresentable::EnvName);
+                }
+                out.push_str("${");
+                out.push_str(name);
+                out.push('}');
+            }
+        }
+    }
+    out.push('"');
+    Ok(out)
 }
 
 /// Whether systemd accepts `name` as an environment variable name.
@@ -242,6 +268,68 @@ pub fn path_item(p: &str, prefix: &str) -> Result<String, Unrepresentable> {
         }));
     }
     Ok(format!("\"{prefix}{}\"", norm.replace('%', "%%")))
+}
+
+/// An `EnvironmentFile=` path: written raw (systemd does not unquote it), normalized, `%`
+/// doubled; control characters, and blanks or a backslash at its end, are refused.
+pub fn env_file_path(p: &str) -> Result<String, Unrepresentable> {
+    let norm = normalize_path(p)?;
+    if norm.chars().any(|c| c.is_ascii_control()) {
+        return Err(Unrepresentable::Special("a control character"));
+    }
+    if norm.ends_with(['\\', ' ']) {
+        return Err(Unrepresentable::Special("a blank or a backslash at its end"));
+    }
+    Ok(norm.replace('%', "%%"))
+}
+
+/// One path of a `BindPaths=` value (`config_parse_bind_paths`: words split at `:` and blanks,
+/// quotes removed, `\` escaping only separators and itself, then specifiers): `:`, blanks and
+/// `\` are backslash-escaped, a quote is wrapped in the other kind of quote, `%` is doubled.
+fn bind_path(p: &str) -> Result<String, Unrepresentable> {
+    let norm = normalize_path(p)?;
+    let mut out = String::with_capacity(norm.len());
+    for c in norm.chars() {
+        match c {
+            c if c.is_control() => return Err(Unrepresentable::Special("a control character")),
+            ':' => out.push_str("\\:"),
+            ' ' => out.push_str("\\ "),
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("'\"'"),
+            '\'' => out.push_str("\"'\""),
+            '%' => out.push_str("%%"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// A `BindPaths=`/`BindReadOnlyPaths=` value binding `source` (on the host) to `target` (in the
+/// unit's namespace), recursively. The explicit `rbind` option (systemd's default) ends the
+/// value, so an escaped blank is never the last character of the line.
+pub fn bind_paths(source: &str, target: &str) -> Result<String, Unrepresentable> {
+    Ok(format!("{}:{}:rbind", bind_path(source)?, bind_path(target)?))
+}
+
+/// One line of an environment file as systemd 252 reads it (`parse_env_file_internal`):
+/// `NAME="value"`, with `\`, `"`, `` ` `` and `$` backslash-escaped inside the double quotes, where
+/// everything else (newlines included) is kept as is.
+pub fn env_file_line(name: &str, value: &str) -> Result<String, Unrepresentable> {
+    if !is_valid_env_name(name) {
+        return Err(Unrepresentable::EnvName);
+    }
+    if value.contains('\0') {
+        return Err(Unrepresentable::Nul);
+    }
+    let mut out = format!("{name}=\"");
+    for c in value.chars() {
+        if matches!(c, '\\' | '"' | '`' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push_str("\"\n");
+    Ok(out)
 }
 
 /// A plain text value (`Description=`, `SyslogIdentifier=`): written raw, so it must be one line
@@ -379,6 +467,40 @@ mod tests {
         assert!(matches!(path_item("/a\\b", "-"), Err(Unrepresentable::Special(_))));
         assert!(matches!(path_item("/a\nb", "-"), Err(Unrepresentable::Special(_))));
         assert_eq!(path_item("relative", "-"), Err(Unrepresentable::NotAbsolute));
+    }
+
+    #[test]
+    fn secret_arguments_refer_to_their_variables() {
+        use crate::unit::env::Piece;
+        let pieces = [
+            Piece::Text("--pw=$ %".into()),
+            Piece::Secret { name: "PW".into(), value: "x".into() },
+            Piece::Text("\"".into()),
+        ];
+        assert_eq!(exec_arg_pieces(&pieces).unwrap(), r#""--pw=$$ %%${PW}\"""#);
+        let bad = [Piece::Secret { name: "a.b".into(), value: "x".into() }];
+        assert_eq!(exec_arg_pieces(&bad), Err(Unrepresentable::EnvName));
+    }
+
+    #[test]
+    fn bind_paths_escape_separators_and_quotes() {
+        assert_eq!(bind_paths("/run/vks/p", "/etc/app").unwrap(), "/run/vks/p:/etc/app:rbind");
+        assert_eq!(bind_paths("/a b", "/c:d").unwrap(), r"/a\ b:/c\:d:rbind");
+        assert_eq!(bind_paths("/q\"'", "/x\\y%").unwrap(), r#"/q'"'"'":/x\\y%%:rbind"#);
+        assert_eq!(bind_paths("/x//y/", "/z/").unwrap(), "/x/y:/z:rbind");
+        assert!(matches!(bind_paths("/a\nb", "/c"), Err(Unrepresentable::Special(_))));
+        assert_eq!(bind_paths("/a", "rel"), Err(Unrepresentable::NotAbsolute));
+        assert_eq!(bind_paths("/a", "/b/../c"), Err(Unrepresentable::DotDot));
+    }
+
+    #[test]
+    fn environment_files() {
+        assert_eq!(env_file_line("A", "x\"y\\z`$w\n%").unwrap(), "A=\"x\\\"y\\\\z\\`\\$w\n%\"\n");
+        assert_eq!(env_file_line("1A", "x"), Err(Unrepresentable::EnvName));
+        assert_eq!(env_file_line("A", "\0"), Err(Unrepresentable::Nul));
+        assert_eq!(env_file_path("/run/vks/pods/u/env/c.env").unwrap(), "/run/vks/pods/u/env/c.env");
+        assert_eq!(env_file_path("/run/50%/x").unwrap(), "/run/50%%/x");
+        assert!(env_file_path("/run/x ").is_err());
     }
 
     #[test]

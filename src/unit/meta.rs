@@ -2,45 +2,9 @@
 //! `X-` sections and keeps them in the file, so the unit itself carries its identity and vks
 //! needs no state of its own. A unit file without a complete section is not vks's.
 
-use std::fmt;
-
 use super::escape::{meta_unescape, meta_value};
 
-/// What role a container plays in its pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContainerKind {
-    /// An init container: runs to completion, in order, before the app containers.
-    Init,
-    /// An init container with `restartPolicy: Always`: started in order, keeps running.
-    Sidecar,
-    /// An app container.
-    App,
-}
-
-impl ContainerKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            ContainerKind::Init => "init",
-            ContainerKind::Sidecar => "sidecar",
-            ContainerKind::App => "app",
-        }
-    }
-
-    fn parse(s: &str) -> Option<ContainerKind> {
-        match s {
-            "init" => Some(ContainerKind::Init),
-            "sidecar" => Some(ContainerKind::Sidecar),
-            "app" => Some(ContainerKind::App),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ContainerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::policy::ContainerKind;
 
 /// The identity of a container unit.
 #[derive(Debug, Clone, PartialEq, Eq)]

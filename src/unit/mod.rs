@@ -9,12 +9,15 @@
 //! through [`escape`].
 
 mod command;
-mod env;
+pub mod data;
+pub mod env;
 pub mod escape;
 pub mod meta;
 pub mod name;
+pub mod resource;
 pub mod resources;
 pub mod security;
+pub mod stdin;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use sha2::{Digest, Sha256};
@@ -22,9 +25,11 @@ use sha2::{Digest, Sha256};
 pub use crate::reason::WaitingReason;
 
 pub use self::command::{DEFAULT_PATH, container_argv, resolve_executable};
-pub use self::env::{expand, resolve_env};
+pub use self::data::{BindMount, ContainerData, PodData};
+pub use self::env::{ResolvedEnv, expand, resolve_env};
 use self::escape::{Unrepresentable, directive};
 pub use self::meta::{ContainerKind, UnitMeta};
+pub use self::stdin::stdin_fifo;
 
 /// A container that cannot be turned into a unit, with the kubelet's waiting reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,20 +71,40 @@ impl NodeContext {
 }
 
 /// One argument of a command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Arg {
     /// A literal value (from the pod): escaped so that the process receives it unchanged.
     Lit(String),
     /// Text in systemd's own ExecStart= syntax, taken verbatim from a packaged unit (it may use
     /// `$VARIABLES` of the package's EnvironmentFile=); never from a pod.
     Raw(String),
+    /// A pod's argument that a value from a Secret was expanded into: written with `${NAME}`
+    /// references to the secret variables (systemd substitutes them at exec time from the
+    /// root-only environment file), so the value never appears in the unit file.
+    WithSecret {
+        /// The argument as the process sees it (in memory only).
+        text: String,
+        /// Its pieces: text, and the secret variables.
+        pieces: Vec<env::Piece>,
+    },
+}
+
+impl std::fmt::Debug for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arg::Lit(s) => f.debug_tuple("Lit").field(s).finish(),
+            Arg::Raw(s) => f.debug_tuple("Raw").field(s).finish(),
+            // The text holds secret values: only the pieces, which hide them.
+            Arg::WithSecret { pieces, .. } => f.debug_tuple("WithSecret").field(pieces).finish(),
+        }
+    }
 }
 
 impl Arg {
     /// The argument as the process sees it, for literals; the raw text otherwise.
     pub fn text(&self) -> &str {
         match self {
-            Arg::Lit(s) | Arg::Raw(s) => s,
+            Arg::Lit(s) | Arg::Raw(s) | Arg::WithSecret { text: s, .. } => s,
         }
     }
 }
@@ -121,9 +146,47 @@ pub struct UnitSpec {
     pub working_dir: Option<String>,
     /// Seconds systemd waits after SIGTERM before SIGKILL when it stops the unit itself.
     pub stop_timeout_secs: i64,
+    /// The container reads stdin (`stdin: true`): it reads a FIFO that `kubectl attach` writes
+    /// to (see [`stdin_fifo`]).
+    pub stdin: bool,
+    // --- Data (issue 12): env values from Secrets and volume mounts. ---
+    /// Environment values from Secrets (and values expanded from them): written by the worker
+    /// to `env_file` (tmpfs, root only), never into the unit file.
+    pub secret_env: SecretEnv,
+    /// The `EnvironmentFile=` that holds `secret_env`, when there is any.
+    pub env_file: Option<String>,
+    /// The container's volumes, bind-mounted into the unit's mount namespace.
+    pub mounts: Vec<BindMount>,
+    /// The signal that stops the container (`KillSignal=`): `lifecycle.stopSignal`, SIGTERM by
+    /// default.
+    pub kill_signal: String,
     /// Resources (cgroup settings, slices) and confinement (user, sandboxing): see
     /// [`resources`] and [`security`].
     pub confinement: Confinement,
+}
+
+/// Environment values from Secrets; `Debug` shows the names only.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretEnv(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+/// The signal that stops container `c`: its `lifecycle.stopSignal` (a standard signal; realtime
+/// signals are refused), SIGTERM by default.
+pub fn stop_signal(c: &Container) -> Result<nix::sys::signal::Signal, SpecError> {
+    match c.lifecycle.as_ref().and_then(|l| l.stop_signal.as_deref()) {
+        None => Ok(nix::sys::signal::Signal::SIGTERM),
+        Some(s) => s.parse().map_err(|_| {
+            SpecError::config(format!(
+                "container {}: lifecycle.stopSignal {s:?} is not supported by vks (only standard signals, no realtime ones)",
+                c.name
+            ))
+        }),
+    }
 }
 
 /// A container's resources and confinement: the block of unit settings of [`resources`] and
@@ -229,6 +292,7 @@ pub fn plan(
     kind: ContainerKind,
     image: &ImageInfo,
     node: &NodeContext,
+    data: &ContainerData,
     is_executable: impl Fn(&str) -> bool,
 ) -> Result<UnitSpec, SpecError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -236,12 +300,27 @@ pub fn plan(
     name::validate(&namespace, &pod_name, &c.name)?;
     let spec = pod.spec.as_ref();
     let pod_policy = crate::policy::RestartPolicy::of_pod(spec);
-    let env = resolve_env(pod, c, node)?;
-    let argv = container_argv(c, image, &env)?;
+    let resolved = resolve_env(pod, c, node, &data.pod)?;
+    let argv = container_argv(c, image, &resolved)?;
+    let env = resolved.plain();
+    let secret_env = resolved.secret();
     let executable = resolve_executable(&c.name, argv[0].text(), &env, is_executable)?;
     // The package's unit is the base only when the container keeps the image's command.
     let base = if c.command.as_ref().is_some_and(|v| !v.is_empty()) { Vec::new() } else { image.service.clone() };
     let confinement = Confinement::plan(pod, c, &base, &node.policy)?;
+    let env_file = if secret_env.is_empty() {
+        None
+    } else {
+        Some(data.env_file.clone().ok_or_else(|| {
+            SpecError::config(format!("container {}: no place for env values from Secrets on this node", c.name))
+        })?)
+    };
+    // The hash covers what the unit file says: secret values are not in it (a changed Secret
+    // reaches the container at its next start through the environment file).
+    let mut hashed = env.clone();
+    hashed.extend(secret_env.iter().map(|(k, _)| ("secret".to_owned(), k.clone())));
+    hashed.extend(env_file.iter().map(|f| ("EnvironmentFile".to_owned(), f.clone())));
+    hashed.extend(data.mounts.iter().map(|m| (format!("mount {}", m.read_only), format!("{}:{}", m.source, m.target))));
     let meta = UnitMeta {
         namespace: namespace.clone(),
         pod: pod_name.clone(),
@@ -251,7 +330,7 @@ pub fn plan(
         image: c.image.clone().unwrap_or_default(),
         image_id: image.image_id.clone(),
         restart_policy: pod_policy.for_container(kind).to_string(),
-        spec_hash: confined_hash(&spec_hash(c, kind, &executable, &env, image), &confinement),
+        spec_hash: confined_hash(&spec_hash(c, kind, &executable, &hashed, image), &confinement),
     };
     let unit = UnitSpec {
         name: name::unit_name(&namespace, &pod_name, &c.name),
@@ -263,6 +342,11 @@ pub fn plan(
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
         confinement,
+        stdin: c.stdin.unwrap_or(false),
+        secret_env: SecretEnv(secret_env),
+        env_file,
+        mounts: data.mounts.clone(),
+        kill_signal: stop_signal(c)?.as_str().to_owned(),
     };
     render(&unit)?;
     Ok(unit)
@@ -275,7 +359,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     let c = &m.container;
     name::validate(&m.namespace, &m.pod, c)?;
     let bad = |what: String, e: Unrepresentable| SpecError::create(format!("container {c}: {what} {e}"));
-    let exec = escape::exec_line(&u.executable, &u.argv)
+    let exec = stdin::exec_start(u)
         .and_then(|v| directive("ExecStart", &v))
         .map_err(|e| bad(format!("the command line (program {:?})", u.executable), e))?;
     let text = |v: &str| escape::text(v).map_err(|e| bad(format!("the name {v:?}"), e));
@@ -330,6 +414,29 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
             .map_err(|e| bad(format!("env {k:?}"), e))?;
         s.push_str(&line);
     }
+    if u.stdin {
+        s.push_str(&format!("RuntimeDirectory={}\n", stdin::stdin_dir(&u.name)));
+    }
+    // --- Data (issue 12): the env file of secret values, volume mounts. ---
+    if let Some(file) = &u.env_file {
+        let line = escape::env_file_path(file)
+            .and_then(|v| directive("EnvironmentFile", &v))
+            .map_err(|e| bad(format!("the environment file {file:?}"), e))?;
+        s.push_str(&line);
+    }
+    for m in &u.mounts {
+        let key = if m.read_only { "BindReadOnlyPaths" } else { "BindPaths" };
+        let line = escape::bind_paths(&m.source, &m.target)
+            .and_then(|v| directive(key, &v))
+            .map_err(|e| bad(format!("the volume mount at {:?}", m.target), e))?;
+        s.push_str(&line);
+    }
+    if !u.kill_signal.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+        return Err(bad(
+            format!("the stop signal {:?}", u.kill_signal),
+            Unrepresentable::Special("a character not in a signal name"),
+        ));
+    }
     s.push_str(&confinement.service_lines().map_err(|e| bad("the resource and confinement settings".into(), e))?);
     let log_field = |k: &str, v: &str| {
         escape::log_field(k, v)
@@ -340,7 +447,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         "RemainAfterExit=yes\n\
          Restart=no\n\
          KillMode=mixed\n\
-         KillSignal=SIGTERM\n\
+         KillSignal={kill_signal}\n\
          SendSIGKILL=yes\n\
          TimeoutStopSec={stop}s\n\
          StandardInput=null\n\
@@ -354,6 +461,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
          TasksAccounting=yes\n\
          \n",
         stop = u.stop_timeout_secs,
+        kill_signal = u.kill_signal,
         ident = text(c)?,
         uid = log_field("VKS_POD_UID", &m.pod_uid)?,
         container = log_field("VKS_CONTAINER", c)?,
@@ -392,14 +500,92 @@ mod tests {
         let mut p = pod();
         let c = container(serde_json::json!({"name": "c", "command": ["/usr/bin/sleep", "a\u{0}b"]}));
         p.spec.as_mut().unwrap().containers = vec![c.clone()];
-        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
         assert_eq!(e.reason, WaitingReason::CreateContainerError);
         assert_eq!(e.message, "container c: the command line (program \"/usr/bin/sleep\") contains a NUL character");
         let c = container(
             serde_json::json!({"name": "c", "command": ["/bin/true"], "env": [{"name": "my.var", "value": "x"}]}),
         );
-        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
         assert!(e.message.starts_with("container c: env \"my.var\" is not a valid environment variable name"), "{e}");
+    }
+
+    #[test]
+    fn secrets_and_volumes_render_without_secret_values() {
+        use crate::unit::data::{Kind, ObjData, ObjKey, ObjState};
+        let mut p = pod();
+        let c = container(serde_json::json!({"name": "c", "command": ["/bin/app", "--pw=$(PW)", "$(A)"], "env": [
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
+            {"name": "A", "value": "a"}]}));
+        p.spec.as_mut().unwrap().containers = vec![c.clone()];
+        let secret = ObjData { data: [("pw".to_owned(), b"t0p s3cret".to_vec())].into(), ..ObjData::default() };
+        let mut data = ContainerData {
+            mounts: vec![BindMount {
+                source: "/run/vks/pods/u-1/volumes/secret/s".into(),
+                target: "/etc/s".into(),
+                read_only: true,
+            }],
+            env_file: Some("/run/vks/pods/u-1/env/c.env".into()),
+            ..ContainerData::default()
+        };
+        data.pod.objects.insert(
+            ObjKey { kind: Kind::Secret, namespace: "ns".into(), name: "s".into() },
+            ObjState::Present(std::sync::Arc::new(secret)),
+        );
+        let u = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &data, |_| true).unwrap();
+        assert_eq!(u.secret_env.0, [("PW".to_owned(), "t0p s3cret".to_owned())]);
+        assert!(!format!("{u:?}").contains("t0p"), "Debug hides secret values");
+        let text = render(&u).unwrap();
+        assert!(!text.contains("t0p"), "{text}");
+        assert!(text.contains("ExecStart=\"@/bin/app\" \"/bin/app\" \"--pw=${PW}\" \"a\"\n"), "{text}");
+        assert!(text.contains("EnvironmentFile=/run/vks/pods/u-1/env/c.env\n"), "{text}");
+        assert!(text.contains("BindReadOnlyPaths=/run/vks/pods/u-1/volumes/secret/s:/etc/s:rbind\n"), "{text}");
+        assert!(text.contains("Environment=\"A=a\"\n") && !text.contains("Environment=\"PW"), "{text}");
+        // A secret as the program is refused.
+        let c2 = container(serde_json::json!({"name": "c", "command": ["$(PW)"], "env": [
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}}]}));
+        let e = plan(&p, &c2, ContainerKind::App, &ImageInfo::default(), &node(), &data, |_| true).unwrap_err();
+        assert!(e.message.contains("command[0] uses a value from a Secret (PW)"), "{e}");
+    }
+
+    #[test]
+    fn stop_signals_and_binds_are_rendered() {
+        let p = pod();
+        let c = container(
+            serde_json::json!({"name": "c", "command": ["/bin/true"], "lifecycle": {"stopSignal": "SIGUSR1"}}),
+        );
+        let mut u =
+            plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+                .unwrap();
+        u.mounts.push(BindMount {
+            source: "/var/lib/vks/pods/u-1/containers/c/termination-log".into(),
+            target: "/dev/termination-log".into(),
+            read_only: false,
+        });
+        u.mounts.push(BindMount {
+            source: "/var/lib/vks/pods/u-1/etc-hosts".into(),
+            target: "/etc/hosts".into(),
+            read_only: true,
+        });
+        let text = render(&u).unwrap();
+        assert!(text.contains("KillSignal=SIGUSR1\n"), "{text}");
+        assert!(
+            text.contains("BindPaths=/var/lib/vks/pods/u-1/containers/c/termination-log:/dev/termination-log:rbind\n"),
+            "{text}"
+        );
+        assert!(text.contains("BindReadOnlyPaths=/var/lib/vks/pods/u-1/etc-hosts:/etc/hosts:rbind\n"), "{text}");
+        u.mounts[0].target = "/dev/my\nlog".into();
+        let e = render(&u).unwrap_err();
+        assert!(e.message.starts_with("container c: the volume mount at \"/dev/my\\nlog\""), "{e}");
+        let c = container(
+            serde_json::json!({"name": "c", "command": ["/bin/true"], "lifecycle": {"stopSignal": "SIGRTMIN+1"}}),
+        );
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
+        assert_eq!(e.reason, WaitingReason::CreateContainerConfigError);
+        assert!(e.message.contains("lifecycle.stopSignal \"SIGRTMIN+1\" is not supported"), "{e}");
     }
 
     #[test]
@@ -421,7 +607,8 @@ mod tests {
         let mut p = pod();
         p.metadata.name = Some("evil\n[Service]\nUser=root".into());
         let c = container(serde_json::json!({"name": "c", "command": ["/bin/true"]}));
-        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), |_| true).unwrap_err();
+        let e = plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &ContainerData::default(), |_| true)
+            .unwrap_err();
         assert_eq!(e.reason, WaitingReason::CreateContainerConfigError);
         assert!(e.message.contains(r#"metadata.name "evil\n[Service]\nUser=root" is not a valid name"#), "{e}");
     }

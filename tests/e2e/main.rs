@@ -8,13 +8,22 @@
 // These tests measure real elapsed time against real processes: std's clock is the right one.
 #![allow(clippy::disallowed_methods)]
 
+mod data;
+mod data_volumes;
 mod debs;
+mod exec;
 mod images;
 mod k3s_join;
+mod kubelet_api;
+mod kubelet_api_auth;
+mod kubelet_api_overload;
 mod limits;
 mod node;
 mod package;
 mod pods;
+mod probes;
+mod static_pods;
 mod supervision;
 mod support;
 mod unit_roundtrip;
+mod upgrade;

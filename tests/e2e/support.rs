@@ -156,6 +156,26 @@ impl Node {
         node
     }
 
+    /// Boots a node named after `test` in its own network namespace with an address 10.77.0.K
+    /// (`VKS_NODE_NETNS=1`, see k3s/README.md): its pods' IPs are valid in EndpointSlices. It
+    /// joins through the k3s supervisor. Reach its address only from the hub ([`Node::hub`]).
+    pub fn up_netns(test: &str) -> Node {
+        let name = node_name(test);
+        let out = run(Command::new(repo().join("k3s/node"))
+            .args(["up", &name])
+            .env("VKS_NODE_NETNS", "1")
+            .env("VKS_NODE_OWNER", std::process::id().to_string()));
+        let node = Node { name };
+        assert!(out.status.success(), "k3s/node up {} (netns) failed:\n{}", node.name, text(&out.stderr));
+        node
+    }
+
+    /// Runs a command in the hub network namespace of netns nodes (which reaches their
+    /// addresses); returns the output whatever the exit status.
+    pub fn hub(&self, args: &[&str]) -> Output {
+        run(Command::new(repo().join("k3s/node")).arg("hub").args(args))
+    }
+
     /// Boots a node named after `test` without vks (`VKS_NODE_NO_VKS=1`): a stock Debian
     /// machine on which a test installs the package itself.
     pub fn bare(test: &str) -> Node {

@@ -184,7 +184,7 @@ pub fn render(case: &Case) -> Outcome {
     node.policy.hardening = false;
     let exe = case.exe();
     let is_executable = |p: &str| p == exe || p == RECORDER_IN_PATH;
-    match unit::plan(&pod, c, kind, &image, &node, is_executable) {
+    match unit::plan(&pod, c, kind, &image, &node, &unit::ContainerData::default(), is_executable) {
         Err(e) => Outcome::Refused(e),
         Ok(plan) => {
             let text = unit::render(&plan).expect("a planned unit renders");

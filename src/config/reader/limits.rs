@@ -8,16 +8,6 @@ use crate::config::{Reserved, ResourcesConfig, SecurityConfig, validate_dns_labe
 use crate::unit::{resources, security};
 
 impl Section {
-    fn boolean(&mut self, key: &str, errs: &mut Errors) -> Option<bool> {
-        match self.get(key)? {
-            Value::Boolean(b) => Some(b),
-            other => {
-                errs.push(format!("{}: expected true or false, got {}", self.key(key), show(&other)));
-                None
-            }
-        }
-    }
-
     fn strings(&mut self, key: &str, errs: &mut Errors) -> Vec<String> {
         let mut out = Vec::new();
         for (i, v) in self.array(key, "an array of strings", errs).into_iter().enumerate() {

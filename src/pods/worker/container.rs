@@ -102,6 +102,17 @@ pub(super) struct Ctr {
     pub applied: Option<crate::unit::resources::ContainerLimits>,
     /// The container was stopped for a resize: it starts again at once when it exits.
     pub resize_restart: bool,
+    /// Its probes (`probe.rs`).
+    pub probes: Vec<super::probe::ProbeState>,
+    /// Its postStart hook (`hooks.rs`).
+    pub post_start: super::hooks::PostStart,
+    /// vks is stopping it (`stop.rs`).
+    pub stopping: Option<super::stop::Stopping>,
+    /// The termination message of a run: (its start time in µs, the message).
+    pub message: Option<(u64, String)>,
+    /// Why the last start failed after the process ran (a postStart hook): shown instead of
+    /// CrashLoopBackOff until it starts again.
+    pub start_error: Option<(WaitingReason, String)>,
 }
 
 impl Ctr {
@@ -153,6 +164,11 @@ impl Ctr {
             oom_exit: None,
             applied: None,
             resize_restart: false,
+            probes: Vec::new(),
+            post_start: Default::default(),
+            stopping: None,
+            message: None,
+            start_error: None,
         }
     }
 
@@ -161,11 +177,16 @@ impl Ctr {
     pub(super) fn run(&self) -> UnitRun {
         match self.unit_status.as_ref().map_or(UnitRun::NotStarted, status::unit_run) {
             UnitRun::NotStarted => self.observed_exit.clone().map_or(UnitRun::NotStarted, UnitRun::Exited),
-            UnitRun::Exited(mut t)
+            UnitRun::Exited(mut t) => {
                 if self.oom_exit.is_some()
-                    && self.oom_exit == self.unit_status.as_ref().map(|s| (s.started_usec, s.exited_usec)) =>
-            {
-                t.reason = Some("OOMKilled".into());
+                    && self.oom_exit == self.unit_status.as_ref().map(|s| (s.started_usec, s.exited_usec))
+                {
+                    t.reason = Some("OOMKilled".into());
+                }
+                let run = self.unit_status.as_ref().map_or(0, |s| s.started_usec);
+                if let Some((_, m)) = self.message.as_ref().filter(|(r, _)| *r == run) {
+                    t.message = Some(m.clone());
+                }
                 UnitRun::Exited(t)
             }
             run => run,
@@ -188,6 +209,13 @@ impl Ctr {
     }
 
     /// Applies the values of a `PropertiesChanged` signal.
+    /// A start job was answered: the run began (or ended) `starting` ago.
+    fn started(&mut self) {
+        if let Some(t) = self.starting.take() {
+            crate::metrics::metrics().unit_start_duration.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
     pub(super) fn apply_signal(&mut self, delta: &UnitDelta) {
         match self.unit_status.as_mut() {
             // A signal about an earlier run (queued before a restart or a full read) must not
@@ -199,7 +227,7 @@ impl Ctr {
         // The Service interface says when a run began or ended (the Unit interface's
         // ActiveState may describe an earlier run while a restart is under way).
         if !matches!(self.run(), UnitRun::NotStarted) {
-            self.starting = None;
+            self.started();
         }
     }
 
@@ -211,14 +239,23 @@ impl Ctr {
         if !older {
             self.unit_status = Some(s);
             if !matches!(self.run(), UnitRun::NotStarted) {
-                self.starting = None;
+                self.started();
             }
         }
     }
 
     /// What should happen to this container now.
     pub(super) fn next(&self, now: SystemTime) -> Next {
-        next(&self.run(), self.policy, self.restart_at, now)
+        match next(&self.run(), self.policy, self.restart_at, now) {
+            // A sidecar counts as started once its startup probe passed (the kubelet starts the
+            // next container only then).
+            Next::Running
+                if self.post_start_pending() || (self.kind == ContainerKind::Sidecar && !self.startup_passed()) =>
+            {
+                Next::Starting
+            }
+            n => n,
+        }
     }
 }
 
@@ -227,6 +264,9 @@ impl Ctr {
 pub enum Next {
     /// Its process runs.
     Running,
+    /// Its process runs, but its postStart hook has not finished (or, for a sidecar, its startup
+    /// probe has not passed): it counts as not started yet.
+    Starting,
     /// It exited with 0 and will not run again.
     Succeeded,
     /// It exited with an error and will not run again.
@@ -257,7 +297,8 @@ pub fn next(run: &UnitRun, policy: RestartPolicy, restart_at: Option<SystemTime>
 /// order (init containers and sidecars first): an init container only when every one before it
 /// succeeded and no earlier one is running or restarting; a sidecar when the ones before it are
 /// running, one at a time (the next waits until it runs); app containers once every init
-/// container succeeded and every sidecar runs.
+/// container succeeded and every sidecar runs, in order, an app whose postStart hook runs
+/// (`Starting`) holding back the apps after it (the kubelet starts them one by one).
 pub fn launches(containers: &[(ContainerKind, Next)]) -> Vec<usize> {
     let mut out = Vec::new();
     for (i, (kind, next)) in containers.iter().enumerate() {
@@ -273,16 +314,17 @@ pub fn launches(containers: &[(ContainerKind, Next)]) -> Vec<usize> {
                 out.push(i);
                 return out;
             }
+            (ContainerKind::Sidecar, Next::Starting) => return out,
             (ContainerKind::Sidecar, _) => continue,
         }
     }
-    out.extend(
-        containers
-            .iter()
-            .enumerate()
-            .filter(|(_, (kind, next))| *kind == ContainerKind::App && *next == Next::Launch)
-            .map(|(i, _)| i),
-    );
+    for (i, (kind, next)) in containers.iter().enumerate().filter(|(_, (kind, _))| *kind == ContainerKind::App) {
+        match (kind, next) {
+            (_, Next::Starting) => break,
+            (_, Next::Launch) => out.push(i),
+            _ => {}
+        }
+    }
     out
 }
 
@@ -327,5 +369,9 @@ mod tests {
         // A sidecar waiting for its restart does not hold the apps back.
         assert_eq!(launches(&[(Sidecar, Waiting), (App, Launch)]), [1]);
         assert_eq!(launches(&[(App, Launch), (App, Waiting), (App, Launch)]), [0, 2]);
+        // A postStart hook holds back what comes after its container.
+        assert_eq!(launches(&[(Sidecar, Starting), (Sidecar, Launch), (App, Launch)]), Vec::<usize>::new());
+        assert_eq!(launches(&[(App, Running), (App, Starting), (App, Launch)]), Vec::<usize>::new());
+        assert_eq!(launches(&[(App, Launch), (App, Starting), (App, Launch)]), [0]);
     }
 }

@@ -7,10 +7,11 @@ use super::container::{Blocked, ImageState, launches, pull_backoff};
 use super::{CALL_RETRY, CREATE_RETRY, Msg, Worker, system_time};
 use crate::events::{EventType, PodEvents};
 use crate::images::{ImageError, ImageInfo};
+use crate::pods::termination;
 use crate::policy::PullPolicy;
 use crate::reason::WaitingReason;
 use crate::systemd::{ActiveState, UnitStatus};
-use crate::unit;
+use crate::unit::{self, BindMount, ContainerKind, UnitSpec};
 
 /// How long vks waits for systemd to report on a start job before trying again.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -22,7 +23,43 @@ impl Worker {
         let decisions: Vec<_> = self.ctrs.iter().map(|c| (c.kind, c.next(now))).collect();
         for i in launches(&decisions) {
             self.launch(i).await;
+            // App containers start one by one: a postStart hook holds back the ones after it.
+            if self.ctrs[i].kind == ContainerKind::App && self.ctrs[i].holds_later_starts() {
+                break;
+            }
         }
+    }
+
+    /// The files of container `i` under the pod directory, bound into its unit: its termination
+    /// message file (emptied for the new run) and, with host aliases, the pod's hosts file.
+    async fn pod_files(&self, i: usize, plan: &mut UnitSpec) -> Result<(), String> {
+        let c = &self.ctrs[i];
+        let file = termination::message_file(&self.shared.pod_dir, &self.id.uid, &c.spec.name);
+        termination::prepare_message_file(&file)
+            .await
+            .map_err(|e| format!("preparing the termination message file {}: {e}", file.display()))?;
+        plan.mounts.push(BindMount {
+            source: file.display().to_string(),
+            target: termination::message_path(&c.spec).to_owned(),
+            read_only: false,
+        });
+        let aliases = self.pod.spec.as_ref().and_then(|s| s.host_aliases.clone()).unwrap_or_default();
+        if !aliases.is_empty() {
+            let node_hosts = tokio::fs::read_to_string("/etc/hosts")
+                .await
+                .map_err(|e| format!("reading the node's /etc/hosts for hostAliases: {e}"))?;
+            let hosts = termination::hosts_file(&self.shared.pod_dir, &self.id.uid);
+            let content = termination::hosts_content(&node_hosts, &aliases);
+            crate::fsutil::write_atomic_async(hosts.clone(), content.into_bytes(), 0o644)
+                .await
+                .map_err(|e| format!("writing the pod's hosts file {}: {e}", hosts.display()))?;
+            plan.mounts.push(BindMount {
+                source: hosts.display().to_string(),
+                target: "/etc/hosts".into(),
+                read_only: true,
+            });
+        }
+        Ok(())
     }
 
     /// Records the outcome of resolving container `i`'s image, with the kubelet's events.
@@ -102,8 +139,21 @@ impl Worker {
             return;
         }
         let Some(image) = self.image(i) else { return };
-        let c = &self.ctrs[i];
-        let plan = match unit::plan(&self.pod, &c.spec, c.kind, &image, &self.shared.node, self.shared.is_executable) {
+        let data = match self.container_data(i, &image).await {
+            Ok(d) => d,
+            Err(b) => {
+                if let Some((t, reason, note)) = b.event
+                    && self.ctrs[i].blocked.as_ref().is_none_or(|x| x.message != b.message)
+                {
+                    log::warn!(pod = self.id.to_string().as_str(); "pod {}: {}", self.id, b.message);
+                    self.event(t, reason, note);
+                }
+                self.block(i, b.reason, b.message, CREATE_RETRY);
+                return;
+            }
+        };
+        let (c, node) = (&self.ctrs[i], &self.shared.node);
+        let mut plan = match unit::plan(&self.pod, &c.spec, c.kind, &image, node, &data, self.shared.is_executable) {
             Ok(p) => p,
             Err(e) => {
                 if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != e.message) {
@@ -125,6 +175,14 @@ impl Worker {
                 self.event(EventType::Warning, "Failed", format!("Error: {message}"));
             }
             self.block(i, reason, message, CREATE_RETRY);
+            return;
+        }
+        if let Err(message) = self.pod_files(i, &mut plan).await {
+            if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != message) {
+                log::warn!(pod = self.id.to_string().as_str(); "pod {}: {message}", self.id);
+                self.event(EventType::Warning, "Failed", format!("Error: {message}"));
+            }
+            self.block(i, WaitingReason::CreateContainerError, message, CREATE_RETRY);
             return;
         }
         self.ctrs[i].blocked = None;
@@ -156,6 +214,13 @@ impl Worker {
                 log::warn!("daemon-reload for {unit}: {e}");
             }
         }
+        // Env values from Secrets: written (again) before every start, never into the unit.
+        if let Some(file) = &plan.env_file
+            && let Err(e) = self.shared.volumes.write_env_file(file, &plan.secret_env.0).await
+        {
+            self.block(i, WaitingReason::CreateContainerError, e, CALL_RETRY);
+            return;
+        }
         log::debug!(unit = unit.as_str(); "starting unit {unit}");
         let result = if ran_before { sd.restart(&unit).await } else { sd.start(&unit).await };
         let c = &mut self.ctrs[i];
@@ -175,6 +240,8 @@ impl Worker {
                 c.applied = Some(plan.confinement.limits.clone());
                 c.restart_at = None;
                 c.observed_exit = None;
+                c.start_error = None;
+                c.post_start.expected = true;
                 c.starting = Some(Instant::now());
                 let what = if ran_before { "Restarted" } else { "Started" };
                 // Until systemd's signals say more, the container is starting: nothing of an

@@ -13,14 +13,23 @@
 //! with tokio's paused clock (`pods/tests.rs`). The parts:
 //! - `container.rs`: one container's state and the pure decision what to start next;
 //! - `launch.rs`: images, unit files and starts;
-//! - `terminate.rs`: graceful deletion;
+//! - `data.rs`: ConfigMaps, Secrets, tokens, service links and volumes (issue 12);
+//! - `terminate.rs`: graceful deletion (and the stop at `activeDeadlineSeconds`);
+//! - `stop.rs`: stopping one container (preStop hook, stop signal, SIGKILL after the grace period);
+//! - `probe.rs`: liveness, readiness and startup probes;
+//! - `hooks.rs`: postStart hooks;
 //! - `publish.rs`: the status as the API sees it, and the patch.
 
 mod confine;
 mod container;
+mod data;
+mod deadline;
+mod hooks;
 mod launch;
+mod probe;
 mod publish;
 mod resize;
+mod stop;
 mod terminate;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::container::{Ctr, ImageState};
 pub use self::container::{Next, launches, next};
+pub use self::hooks::HookDone;
+pub use self::probe::ProbeDone;
 use super::api::PodApi;
 use super::backoff::CrashBackoff;
 
@@ -69,8 +80,16 @@ pub struct Shared {
     pub node: NodeContext,
     /// Where pod directories live.
     pub pod_dir: std::path::PathBuf,
+    /// The ConfigMaps, Secrets, tokens and Services pods refer to (issue 12).
+    pub objects: Arc<crate::objects::Objects>,
+    /// The pods' volumes and env files on the node (issue 12).
+    pub volumes: Arc<crate::volumes::Volumes>,
     /// API reachability.
     pub health: Arc<ApiHealth>,
+    /// Runs probes and lifecycle hooks.
+    pub prober: Arc<dyn crate::probes::Prober>,
+    /// The tail of a container's log (for `FallbackToLogsOnError`).
+    pub logs: Arc<dyn super::termination::LogTail>,
     /// Unit name → UID of the pod that owns it; a unit name is used by one pod at a time.
     owners: Mutex<HashMap<String, String>>,
     /// Unit names whose pod was removed: systemd may still have them loaded, so a new unit file
@@ -94,7 +113,9 @@ struct Admitted {
 }
 
 impl Shared {
-    /// The shared world of the workers; the systemd, images, API and events are given.
+    /// The shared world of the workers; the systemd, images, API and events are given. Probes
+    /// and hooks run with [`crate::probes::NodeProber`] (exec through `systemd-run`), logs come
+    /// from the journal; both fields may be replaced (tests use fakes).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         api: Arc<dyn PodApi>,
@@ -106,6 +127,14 @@ impl Shared {
         pod_dir: std::path::PathBuf,
         health: Arc<ApiHealth>,
     ) -> Shared {
+        let exec = Arc::new(crate::systemd::run::SystemdRun::new(systemd.clone(), crate::systemd::UNIT_DIR.as_ref()));
+        let prober: Arc<dyn crate::probes::Prober> = match crate::probes::NodeProber::new(exec) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                log::error!("cannot set up the HTTP client of probes ({e}); probes will fail");
+                Arc::new(crate::probes::fake::FakeProber::default())
+            }
+        };
         Shared {
             api,
             events,
@@ -114,8 +143,12 @@ impl Shared {
             clock,
             is_executable: crate::images::is_executable,
             node,
+            objects: crate::objects::Objects::new(Arc::new(crate::objects::Offline), clock),
+            volumes: Arc::new(crate::volumes::Volumes::new(pod_dir.clone(), pod_dir.join(".run"), Vec::new(), clock)),
             pod_dir,
             health,
+            prober,
+            logs: Arc::new(super::termination::JournalTail),
             owners: Mutex::default(),
             released: Mutex::default(),
             allocatable: None,
@@ -162,6 +195,12 @@ pub enum Msg {
     Resync,
     /// An image resolution finished for the container at this index.
     Image(usize, Result<ImageInfo, ImageError>),
+    /// A ConfigMap or Secret the pod refers to changed.
+    Data,
+    /// A probe run ended.
+    Probe(Box<ProbeDone>),
+    /// A lifecycle hook ended.
+    Hook(Box<HookDone>),
 }
 
 /// A unit of this pod found on the node when the worker started.
@@ -214,14 +253,20 @@ pub struct Worker {
     /// A new pod's first status waits this long for its containers to start, so that a pod that
     /// starts at once costs one status write instead of two.
     first_publish_hold: Option<Instant>,
+    /// The phase and container states last reported (for vks's own metrics).
+    reported: (Option<String>, Vec<&'static str>),
     /// Why the pod was rejected at admission (reason, message): it never runs here.
     rejected: Option<(String, String)>,
     /// The pod's in-place resize as the status shows it (see `resize.rs`).
     resize: resize::ResizeState,
+    /// The pod ran longer than its `activeDeadlineSeconds`: it stops and fails.
+    deadline_exceeded: bool,
     /// A run is known from the Service interface's signal but not yet its InvocationID (the
     /// Unit interface's signal comes separately): publishing waits for it until this time, then
     /// reads the units once.
     id_wait: Option<(Instant, bool)>,
+    /// ConfigMaps, Secrets, tokens and volumes (`data.rs`).
+    data: data::DataState,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
 }
@@ -253,6 +298,7 @@ impl Worker {
             let unit = unit::name::unit_name(&id.namespace, &id.name, &c.name);
             let adopted_meta = adopted.iter().find(|a| a.unit == unit).map(|a| &a.meta);
             let mut ctr = Ctr::new(c.clone(), kind, pod_policy.for_container(kind), unit, prev, adopted_meta, now);
+            ctr.probes = crate::probes::ProbeSpec::of_container(c).into_iter().map(probe::ProbeState::new).collect();
             if ctr.written.is_some() {
                 let _ = shared.claim(&ctr.unit, &id.uid);
             }
@@ -295,7 +341,10 @@ impl Worker {
             first_publish_hold,
             rejected,
             resize: resize::ResizeState::default(),
+            reported: (None, Vec::new()),
+            deadline_exceeded: false,
             id_wait: None,
+            data: data::DataState::default(),
             tx: tx.clone(),
             rx,
         };
@@ -329,6 +378,7 @@ impl Worker {
                 self.apply(m);
             }
         }
+        self.report_metrics(None, Vec::new());
         log::info!(pod = key.as_str(); "pod {key} removed from the node");
     }
 
@@ -337,6 +387,11 @@ impl Worker {
             Msg::Pod(p) => {
                 if p.metadata.uid.as_deref() == Some(self.id.uid.as_str()) {
                     let spec_changed = p.spec != self.pod.spec;
+                    if p.metadata.labels != self.pod.metadata.labels
+                        || p.metadata.annotations != self.pod.metadata.annotations
+                    {
+                        self.data.dirty = true;
+                    }
                     self.pod = *p;
                     if spec_changed {
                         self.update_specs();
@@ -354,8 +409,12 @@ impl Worker {
                 for c in &mut self.ctrs {
                     c.stale = true;
                 }
+                self.data.dirty = true;
             }
             Msg::Image(i, r) => self.image_resolved(i, r),
+            Msg::Data => self.data_changed(),
+            Msg::Probe(d) => self.probe_done(*d),
+            Msg::Hook(d) => self.hook_done(*d),
         }
     }
 
@@ -381,9 +440,13 @@ impl Worker {
             wake.extend(c.image.wake());
         }
         wake.extend(self.deletion.as_ref().map(|d| d.deadline));
+        wake.extend(self.probe_wakes());
+        wake.extend(self.ctrs.iter().filter_map(|c| c.stopping.as_ref().map(|s| s.wake())));
+        wake.extend(self.active_deadline().filter(|_| !self.terminal).map(|at| clock.instant_at(at)));
         wake.extend(self.status_retry);
         wake.extend(self.first_publish_hold);
         wake.extend(self.id_wait.map(|(at, _)| at));
+        wake.extend(self.data_wake());
         wake.into_iter().min()
     }
 
@@ -423,14 +486,19 @@ impl Worker {
     async fn round(&mut self) -> Flow {
         self.refresh().await;
         self.handle_exits().await;
+        self.sync_hooks();
+        self.sync_probes();
+        self.drive_stops().await;
+        self.check_active_deadline();
         let deleting = self.api_gone || self.pod.metadata.deletion_timestamp.is_some();
-        if deleting {
+        if deleting || self.deadline_exceeded {
             return self.terminate().await;
         }
         if let Some((reason, message)) = self.rejected.clone() {
             return self.publish_rejected(reason, message).await;
         }
         if !self.terminal {
+            self.sync_data().await;
             self.start_containers().await;
             self.check_terminal();
         }
@@ -460,13 +528,35 @@ impl Worker {
             // A container is its main process: once it exits, nothing of it may keep running.
             let _ =
                 self.shared.systemd.kill(&unit, crate::systemd::KillWhom::All, crate::systemd::Signal::SIGKILL).await;
-            let forced = c.resize_restart && !deleting;
-            let restart = forced || (!deleting && !self.terminal && c.policy.restarts_after(t.exit_code));
+            // vks stopped it for a failed probe or hook: it runs again unless its policy is Never.
+            let stopped = self.ctrs[i].stopping.take().filter(|s| s.run == run_key.0);
+            if let Some(h) = stopped.as_ref().and_then(|s| s.pre_stop.as_ref()) {
+                h.abort();
+            }
+            let forced = self.ctrs[i].resize_restart && !deleting;
+            let c = &self.ctrs[i];
+            let restart = forced
+                || (!deleting
+                    && !self.terminal
+                    && match stopped.map(|s| s.why).filter(|w| w.restarts()) {
+                        Some(_) => c.policy != RestartPolicy::Never,
+                        None => c.policy.restarts_after(t.exit_code),
+                    });
             if !deleting {
                 self.check_oom(i, run_key).await;
             }
-            let t = self.ctrs[i].exited().unwrap_or(t);
+            let mut t = self.ctrs[i].exited().unwrap_or(t);
+            let c = &self.ctrs[i];
+            let file = super::termination::message_file(&self.shared.pod_dir, &self.id.uid, &c.spec.name);
+            let invocation = c.unit_status.as_ref().map(|s| s.invocation_id.clone()).unwrap_or_default();
+            let message =
+                super::termination::read_message(&file, &c.spec, t.exit_code, &invocation, self.shared.logs.as_ref())
+                    .await;
             let c = &mut self.ctrs[i];
+            if let Some(m) = message {
+                c.message = Some((run_key.0, m.clone()));
+                t.message = Some(m);
+            }
             c.handled_exit = Some(run_key);
             c.observed_exit = Some(t.clone());
             c.resize_restart = false;

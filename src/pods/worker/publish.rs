@@ -38,7 +38,17 @@ impl Worker {
                     .map(|s| format!("systemd://{}", s.invocation_id));
                 let mut last_state = c.last_state.clone();
                 let state = match (&run, &c.blocked, &c.image, c.restart_at) {
+                    // Not Running until its postStart hook finished (as the kubelet reports it).
+                    (UnitRun::Running(_), _, _, _) if c.post_start_pending() => {
+                        CState::waiting(WaitingReason::ContainerCreating, None)
+                    }
                     (UnitRun::Running(started), _, _, _) => CState::Running { started_at: *started },
+                    (UnitRun::Exited(t), _, _, Some(_)) if self.deletion.is_none() && c.start_error.is_some() => {
+                        last_state = Some((**t).clone());
+                        let (reason, message) =
+                            c.start_error.clone().unwrap_or((WaitingReason::CrashLoopBackOff, String::new()));
+                        CState::waiting(reason, message)
+                    }
                     (UnitRun::Exited(t), _, _, Some(at)) if self.deletion.is_none() => {
                         let wait = at.duration_since(now).unwrap_or_default();
                         last_state = Some((**t).clone());
@@ -90,6 +100,8 @@ impl Worker {
                     last_state,
                     restart_count: c.restart_count,
                     container_id,
+                    startup_passed: c.startup_passed(),
+                    readiness_passes: c.readiness_passes(),
                 }
             })
             .collect()
@@ -161,6 +173,7 @@ impl Worker {
             start_time: self.start_time,
             terminal: self.terminal,
             now: self.shared.clock.timestamp(),
+            failed: self.deadline_exceeded.then_some((super::deadline::REASON, super::deadline::MESSAGE)),
         };
         let mut status = status::pod_status(&facts, &views);
         let ended = self.resize_status(&mut status);
@@ -173,6 +186,9 @@ impl Worker {
         match self.shared.api.patch_status(&self.id, &body).await {
             Ok(new) => {
                 self.shared.health.ok();
+                crate::metrics::metrics().status_patch_duration.observe(sent.elapsed().as_secs_f64());
+                let states = views.iter().map(|v| v.state.kind()).collect();
+                self.report_metrics(status.phase.clone(), states);
                 log::debug!(
                     pod = self.id.to_string().as_str();
                     "status of pod {} patched in {}ms: {} {:?}",
@@ -201,6 +217,19 @@ impl Worker {
 }
 
 impl Worker {
+    /// Moves this pod's contribution to vks's pod and unit gauges to what was just reported.
+    pub(super) fn report_metrics(&mut self, phase: Option<String>, states: Vec<&'static str>) {
+        let m = crate::metrics::metrics();
+        m.pod_phase(self.reported.0.as_deref(), phase.as_deref());
+        for (i, old) in self.reported.1.iter().enumerate() {
+            m.unit_state(Some(old), states.get(i).copied());
+        }
+        for new in states.iter().skip(self.reported.1.len()) {
+            m.unit_state(None, Some(new));
+        }
+        self.reported = (phase, states);
+    }
+
     /// The status of a pod rejected at admission: Failed, with the kubelet's reason; no
     /// container ever ran.
     pub(super) async fn publish_rejected(&mut self, reason: String, message: String) -> Flow {

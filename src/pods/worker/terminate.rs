@@ -1,12 +1,15 @@
-//! Graceful deletion, as the kubelet does it: SIGTERM to the app (and init) containers, then to
-//! the sidecars once the apps are gone, SIGKILL to whatever still runs at the end of the grace
-//! period; then the units and the pod directory are removed and the pod object deleted.
+//! Graceful deletion, as the kubelet does it: the stop signal (after the preStop hook, see
+//! `stop.rs`) to the app (and init) containers, then to the sidecars once the apps are gone,
+//! SIGKILL to whatever still runs at the end of the grace period; then the units and the pod
+//! directory are removed and the pod object deleted. A pod past its `activeDeadlineSeconds`
+//! stops the same way but stays (Failed, its units kept) until it is deleted.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::super::api::PodApiError;
+use super::stop::StopWhy;
 use super::{CALL_RETRY, Deletion, Flow, Stage, Worker};
 use crate::events::EventType;
 use crate::systemd::{KillWhom, Signal, SystemdError};
@@ -33,9 +36,12 @@ impl Worker {
         Duration::from_secs(secs as u64)
     }
 
-    /// Sends `signal` to the running containers of `kinds`, last container first. SIGTERM goes
-    /// to the main process once per container; SIGKILL to every process of the unit.
+    /// Stops the running containers of `kinds`, last container first: SIGTERM stands for the
+    /// graceful stop (preStop hook, then the container's stop signal, once per container, see
+    /// `stop.rs`); SIGKILL goes to every process of the unit, except while a container's own stop
+    /// still owes it time.
     async fn signal(&mut self, kinds: &[ContainerKind], signal: Signal) {
+        let now = Instant::now();
         for i in (0..self.ctrs.len()).rev() {
             let c = &self.ctrs[i];
             if !kinds.contains(&c.kind) || !c.running() {
@@ -48,13 +54,21 @@ impl Worker {
                     continue;
                 }
                 d.sent_sigterm.push(unit.clone());
+                let deadline = d.deadline;
                 let note = format!("Stopping container {}", c.spec.name);
                 self.event(EventType::Normal, "Killing", note);
+                self.begin_stop(i, StopWhy::Pod, deadline);
+                continue;
             }
-            let whom = if signal == Signal::SIGTERM { KillWhom::Main } else { KillWhom::All };
-            if let Err(e) = self.shared.systemd.kill(&unit, whom, signal).await {
+            if !self.killable(i, now) {
+                continue;
+            }
+            if let Err(e) = self.shared.systemd.kill(&unit, KillWhom::All, signal).await {
                 log::debug!(unit = unit.as_str(); "{signal} to {unit}: {e}");
             }
+        }
+        if signal == Signal::SIGTERM {
+            self.drive_stops().await;
         }
     }
 
@@ -73,7 +87,13 @@ impl Worker {
                 });
             }
             // A shorter grace period (a second delete, or a force delete) moves the deadline in.
-            Some(d) => d.deadline = d.deadline.min(now + grace),
+            Some(d) => {
+                d.deadline = d.deadline.min(now + grace);
+                let deadline = d.deadline;
+                for s in self.ctrs.iter_mut().filter_map(|c| c.stopping.as_mut()) {
+                    s.grace_end = s.grace_end.min(deadline);
+                }
+            }
         }
         for c in &mut self.ctrs {
             c.restart_at = None;
@@ -100,6 +120,10 @@ impl Worker {
             self.signal(&[ContainerKind::Sidecar], Signal::SIGTERM).await;
             self.publish().await;
             return Flow::Continue;
+        }
+        if !self.api_gone && self.pod.metadata.deletion_timestamp.is_none() {
+            // Stopped at its active deadline: the pod stays, Failed, until it is deleted.
+            return self.publish().await;
         }
         if !self.remove_units().await {
             return Flow::Continue;
@@ -145,12 +169,7 @@ impl Worker {
         if !self.remove_slices().await {
             return false;
         }
-        let dir = self.shared.pod_dir.join(&self.id.uid);
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            log::warn!("removing pod directory {}: {e}", dir.display());
-        }
+        self.release_data().await;
         for c in &mut self.ctrs {
             c.written = None;
         }
@@ -159,6 +178,7 @@ impl Worker {
 
     pub(super) fn finish(&mut self) -> Flow {
         self.shared.leave(&self.id.uid);
+        self.shared.objects.release(&self.id.uid);
         for c in &self.ctrs {
             self.shared.release(&c.unit, &self.id.uid);
         }

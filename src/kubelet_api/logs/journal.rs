@@ -1,0 +1,294 @@
+//! Reading the journal: `journalctl -o export` (binary-safe, the cheapest format journalctl
+//! writes) run as a child, its output parsed into [`Entry`] values.
+//!
+//! journalctl handles what a reader of the files would have to: rotation, compression,
+//! concurrent writers. Facts of systemd 252 this relies on (checked on a test node):
+//! `--since=@<s>.<µs>` is inclusive and µs-precise; `-n N --since` gives the *first* N entries
+//! (so a tail after `since` is cut here); `-f` alone starts with the last 10 entries (`-n all`
+//! starts with all); `--cursor` is inclusive, `--after-cursor` is not; and a *filtered* `-f`
+//! started before any entry carried the matched value misses entries (so following goes
+//! through an unfiltered reader, see `hub.rs`).
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// The fields asked from journalctl besides those export always writes (`__CURSOR`,
+/// `__REALTIME_TIMESTAMP`, `__MONOTONIC_TIMESTAMP`, `_BOOT_ID`).
+pub const FIELDS: &str = "MESSAGE,_LINE_BREAK,VKS_POD_UID,VKS_CONTAINER,_SYSTEMD_INVOCATION_ID,_SYSTEMD_UNIT";
+
+/// The largest field value accepted from journalctl (journald's LineMax is 48 KiB by default).
+const MAX_FIELD: u64 = 64 << 20;
+
+/// One journal entry, as much of it as the logs need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Where it is in the journal (`s=<seqnum id>;i=<seqnum>;...`).
+    pub cursor: String,
+    /// When journald received it, µs since the epoch.
+    pub realtime_us: u64,
+    /// The line, without its newline.
+    pub message: Vec<u8>,
+    /// False when journald marked the entry as not ending a line (`_LINE_BREAK`).
+    pub ends_line: bool,
+    /// `VKS_POD_UID`.
+    pub pod_uid: Option<String>,
+    /// `VKS_CONTAINER`.
+    pub container: Option<String>,
+    /// `_SYSTEMD_INVOCATION_ID`.
+    pub invocation: Option<String>,
+    /// `_SYSTEMD_UNIT`.
+    pub unit: Option<String>,
+}
+
+/// A position in the journal, for ordering entries seen by two readers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seqnum {
+    /// The sequence number space (`s=`); numbers compare only within one.
+    pub id: String,
+    /// The number (`i=`).
+    pub n: u64,
+}
+
+impl Entry {
+    /// The entry's sequence number, from its cursor.
+    pub fn seqnum(&self) -> Option<Seqnum> {
+        let mut id = None;
+        let mut n = None;
+        for part in self.cursor.split(';') {
+            if let Some(v) = part.strip_prefix("s=") {
+                id = Some(v.to_owned());
+            } else if let Some(v) = part.strip_prefix("i=") {
+                n = u64::from_str_radix(v, 16).ok();
+            }
+        }
+        Some(Seqnum { id: id?, n: n? })
+    }
+
+    /// Whether this entry comes after `other` (true when they cannot be compared: a new
+    /// sequence number space is newer).
+    pub fn is_after(&self, other: &Seqnum) -> bool {
+        match self.seqnum() {
+            Some(s) if s.id == other.id => s.n > other.n,
+            _ => true,
+        }
+    }
+}
+
+fn bad(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// Reads the next entry of journalctl's export output; `None` at the end.
+pub async fn next_entry<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<Entry>> {
+    let mut e = Entry { ends_line: true, ..Entry::default() };
+    let mut line = Vec::with_capacity(256);
+    let mut any = false;
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return if any { Err(bad("journalctl output ended inside an entry".into())) } else { Ok(None) };
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.is_empty() {
+            if any {
+                return Ok(Some(e));
+            }
+            continue;
+        }
+        any = true;
+        let (name, value) = match line.iter().position(|b| *b == b'=') {
+            Some(eq) => (line[..eq].to_vec(), line[eq + 1..].to_vec()),
+            None => {
+                // A binary field: NAME\n, little-endian u64 size, the bytes, \n.
+                let mut size = [0u8; 8];
+                r.read_exact(&mut size).await?;
+                let size = u64::from_le_bytes(size);
+                if size > MAX_FIELD {
+                    return Err(bad(format!("journal field of {size} bytes")));
+                }
+                let mut value = vec![0u8; size as usize];
+                r.read_exact(&mut value).await?;
+                let mut nl = [0u8; 1];
+                r.read_exact(&mut nl).await?;
+                (line.clone(), value)
+            }
+        };
+        let text = || String::from_utf8_lossy(&value).into_owned();
+        match name.as_slice() {
+            b"__CURSOR" => e.cursor = text(),
+            b"__REALTIME_TIMESTAMP" => e.realtime_us = text().parse().unwrap_or(0),
+            b"MESSAGE" => e.message = value,
+            b"_LINE_BREAK" => e.ends_line = false,
+            b"VKS_POD_UID" => e.pod_uid = Some(text()),
+            b"VKS_CONTAINER" => e.container = Some(text()),
+            b"_SYSTEMD_INVOCATION_ID" => e.invocation = Some(text()),
+            b"_SYSTEMD_UNIT" => e.unit = Some(text()),
+            _ => {}
+        }
+    }
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// At the beginning (or at `since`).
+    Beginning,
+    /// The last N matching entries.
+    Tail(u64),
+    /// At this cursor, inclusive.
+    At(String),
+    /// After this cursor.
+    After(String),
+}
+
+/// One journalctl run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// `FIELD=value` matches, all of which must hold.
+    pub matches: Vec<(&'static str, String)>,
+    /// Only entries at or after this time (µs since the epoch).
+    pub since_us: Option<u64>,
+    /// Where to start.
+    pub start: Start,
+    /// Keep reading new entries.
+    pub follow: bool,
+}
+
+impl Query {
+    /// journalctl's arguments.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> =
+            ["--no-pager", "-q", "-o", "export", "--output-fields", FIELDS].into_iter().map(String::from).collect();
+        if let Some(us) = self.since_us {
+            a.push(format!("--since=@{}.{:06}", us / 1_000_000, us % 1_000_000));
+        }
+        match &self.start {
+            Start::Beginning => {
+                if self.follow {
+                    a.extend(["-n".into(), "all".into()]);
+                }
+            }
+            Start::Tail(n) => a.extend(["-n".into(), n.to_string()]),
+            Start::At(c) => a.push(format!("--cursor={c}")),
+            Start::After(c) => a.push(format!("--after-cursor={c}")),
+        }
+        if self.follow {
+            a.push("-f".into());
+        }
+        for (k, v) in &self.matches {
+            a.push(format!("{k}={v}"));
+        }
+        a
+    }
+
+    /// Starts journalctl. It is killed when the returned [`Reader`] is dropped.
+    pub fn spawn(&self) -> std::io::Result<Reader> {
+        let mut child = Command::new("journalctl")
+            .args(self.args())
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| bad("journalctl has no stdout".into()))?;
+        Ok(Reader { child, out: tokio::io::BufReader::with_capacity(256 << 10, stdout) })
+    }
+}
+
+/// A running journalctl.
+pub struct Reader {
+    child: Child,
+    /// Its output.
+    pub out: tokio::io::BufReader<ChildStdout>,
+}
+
+impl Reader {
+    /// The next entry; `None` when journalctl ended (an error if it failed).
+    pub async fn next(&mut self) -> std::io::Result<Option<Entry>> {
+        match next_entry(&mut self.out).await? {
+            Some(e) => Ok(Some(e)),
+            None => {
+                let status = self.child.wait().await?;
+                if status.success() {
+                    return Ok(None);
+                }
+                let mut err = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    let _ = (&mut stderr).take(4096).read_to_string(&mut err).await;
+                }
+                Err(bad(format!("journalctl failed ({status}): {}", err.trim())))
+            }
+        }
+    }
+
+    /// Whether more output is already buffered (the next entry may be read without waiting).
+    pub fn has_buffered(&self) -> bool {
+        !self.out.buffer().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export() -> Vec<u8> {
+        let mut v = b"__CURSOR=s=abc;i=1f;b=x;m=1;t=2;x=3\n__REALTIME_TIMESTAMP=1714557600123456\n\
+              _BOOT_ID=b\nMESSAGE=hello = world\nVKS_POD_UID=u1\nVKS_CONTAINER=app\n\
+              _SYSTEMD_INVOCATION_ID=inv1\n_SYSTEMD_UNIT=vks.ns.p.app.service\n\n"
+            .to_vec();
+        v.extend_from_slice(b"__CURSOR=s=abc;i=20;b=x\n__REALTIME_TIMESTAMP=1714557600123457\nMESSAGE\n");
+        v.extend_from_slice(&4u64.to_le_bytes());
+        v.extend_from_slice(b"a\nb\xff\n\n");
+        v.extend_from_slice(b"__CURSOR=s=abc;i=21;b=x\nMESSAGE=tail\n_LINE_BREAK=eof\n\n");
+        v
+    }
+
+    #[tokio::test]
+    async fn parses_text_and_binary_fields() {
+        let data = export();
+        let mut r = &data[..];
+        let a = next_entry(&mut r).await.unwrap().unwrap();
+        assert_eq!(a.message, b"hello = world");
+        assert_eq!(a.realtime_us, 1_714_557_600_123_456);
+        assert_eq!(
+            (a.pod_uid.as_deref(), a.container.as_deref(), a.invocation.as_deref()),
+            (Some("u1"), Some("app"), Some("inv1"))
+        );
+        assert_eq!(a.unit.as_deref(), Some("vks.ns.p.app.service"));
+        assert!(a.ends_line);
+        assert_eq!(a.seqnum(), Some(Seqnum { id: "abc".into(), n: 0x1f }));
+        let b = next_entry(&mut r).await.unwrap().unwrap();
+        assert_eq!(b.message, b"a\nb\xff");
+        assert!(b.is_after(&a.seqnum().unwrap()));
+        assert!(!a.is_after(&b.seqnum().unwrap()));
+        let c = next_entry(&mut r).await.unwrap().unwrap();
+        assert!(!c.ends_line);
+        assert_eq!(next_entry(&mut r).await.unwrap(), None);
+        let cut = &data[..40];
+        assert!(next_entry(&mut &cut[..]).await.is_err());
+    }
+
+    #[test]
+    fn builds_journalctl_arguments() {
+        let q = Query {
+            matches: vec![("VKS_POD_UID", "u1".into()), ("_SYSTEMD_INVOCATION_ID", "inv".into())],
+            since_us: Some(1_714_557_600_000_042),
+            start: Start::Beginning,
+            follow: false,
+        };
+        let a = q.args().join(" ");
+        assert!(a.ends_with("--since=@1714557600.000042 VKS_POD_UID=u1 _SYSTEMD_INVOCATION_ID=inv"), "{a}");
+        assert!(a.starts_with("--no-pager -q -o export --output-fields MESSAGE,"), "{a}");
+        let f = Query { follow: true, since_us: None, ..q.clone() }.args().join(" ");
+        assert!(f.contains("-n all -f VKS_POD_UID=u1"), "{f}");
+        let t = Query { start: Start::Tail(5), since_us: None, ..q.clone() }.args().join(" ");
+        assert!(t.contains("-n 5 VKS_POD_UID"), "{t}");
+        let c = Query { start: Start::At("s=1;i=2".into()), since_us: None, follow: true, ..q }.args().join(" ");
+        assert!(c.contains("--cursor=s=1;i=2 -f"), "{c}");
+    }
+}

@@ -1,0 +1,344 @@
+//! exec, attach and port-forward with the real kubectl through the real API server to a real
+//! systemd node, once over each stream protocol: the node declares ExtendWebSocketsToKubelet
+//! (the API server passes kubectl's WebSockets through to vks) or not (the API server speaks
+//! SPDY/3.1 to vks).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// A kubectl child whose output is collected in the background.
+struct Running {
+    child: Child,
+    out: mpsc::Receiver<String>,
+    err: mpsc::Receiver<String>,
+    seen_out: String,
+    seen_err: String,
+}
+
+impl Running {
+    fn spawn(args: &[&str], stdin: bool) -> Running {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig())
+            .args(args)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        let lines = |r: Box<dyn Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        };
+        let out = lines(Box::new(child.stdout.take().unwrap()));
+        let err = lines(Box::new(child.stderr.take().unwrap()));
+        Running { child, out, err, seen_out: String::new(), seen_err: String::new() }
+    }
+
+    /// Waits for a stdout line containing `what`; returns it.
+    fn wait_out(&mut self, what: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            while let Ok(l) = self.err.try_recv() {
+                self.seen_err.push_str(&l);
+                self.seen_err.push('\n');
+            }
+            if let Ok(l) = self.out.recv_timeout(left.min(Duration::from_millis(200))) {
+                self.seen_out.push_str(&l);
+                self.seen_out.push('\n');
+                if l.contains(what) {
+                    return l;
+                }
+            }
+        }
+        panic!("no {what:?} from kubectl within {timeout:?}; stdout:\n{}\nstderr:\n{}", self.seen_out, self.seen_err);
+    }
+
+    /// Waits for a stderr line containing `what`.
+    fn wait_err(&mut self, what: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            if let Ok(l) = self.err.recv_timeout(left.min(Duration::from_millis(200))) {
+                self.seen_err.push_str(&l);
+                self.seen_err.push('\n');
+                if l.contains(what) {
+                    return l;
+                }
+            }
+        }
+        panic!("no {what:?} on kubectl's stderr within {timeout:?}; stderr:\n{}", self.seen_err);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs kubectl with `input` on stdin; (exit code, stdout, stderr).
+fn kubectl_with_input(args: &[&str], input: &str) -> (i32, String, String) {
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Gives kubectl a terminal of `rows`x`cols` (a Python pty), types `input` once the remote shell
+/// prompted; (exit code, everything the terminal showed).
+fn kubectl_in_terminal(rows: u16, cols: u16, input: &str, args: &[&str]) -> (i32, String) {
+    const PTY: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+rows, cols, inp, cmd = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4:]
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+    os.execvp(cmd[0], cmd)
+out, sent, start = b'', False, time.time()
+while time.time() - start < 60:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if fd in r:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    if not sent and (b'# ' in out or time.time() - start > 10):
+        os.write(fd, inp)
+        sent = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = Command::new("python3")
+        .env("KUBECONFIG", kubeconfig())
+        .args(["-c", PTY, &rows.to_string(), &cols.to_string(), input, "kubectl"])
+        .args(args)
+        .output()
+        .expect("python3");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the forwarded port");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// A pod with: `main` (records its own user, working directory and environment, then sleeps),
+/// `echo` (`cat` with stdin: true), `talker` (a line every 0.3 s) and `web` (an HTTP server on
+/// 127.0.0.1:`port`).
+fn streams_pod(name: &str, node: &Node, port: u16) -> serde_json::Value {
+    let record = format!(
+        "mkdir -p /run/e2e-{name} && id > /run/e2e-{name}/id && pwd > /run/e2e-{name}/pwd && \
+         echo \"$GREETING|$POD_NAME\" > /run/e2e-{name}/env && exec sleep infinity"
+    );
+    let web = format!(
+        "$s=IO::Socket::INET->new(LocalAddr=>'127.0.0.1',LocalPort=>{port},Listen=>5,ReuseAddr=>1) or die $!; \
+         while($c=$s->accept){{ while(<$c>){{ last if /^\\r?$/ }} \
+         print $c \"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello from $ENV{{POD_NAME}}\\n\"; close $c }}"
+    );
+    let pod_env = json!([{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]);
+    json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {
+            "nodeName": node.name, "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {"name": "main", "image": "/bin/sh", "command": ["/bin/sh", "-c", record], "workingDir": "/var/lib",
+                 "env": [{"name": "GREETING", "value": "hello world"},
+                         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+                {"name": "echo", "image": "/bin/cat", "command": ["/bin/cat"], "stdin": true},
+                {"name": "talker", "image": "/bin/sh",
+                 "command": ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.3; done"]},
+                {"name": "web", "image": "/usr/bin/perl", "command": ["/usr/bin/perl", "-MIO::Socket::INET", "-e", web],
+                 "env": pod_env},
+            ]
+        }
+    })
+}
+
+/// Everything kubectl streams, against pod `p` on `node`; `transport` is what vks must log.
+async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
+    let client = client().await;
+    let p = "streams";
+    create_pod(&client, ns, streams_pod(p, node, port)).await;
+    wait_phase(&client, ns, p, "Running", LONG).await;
+    wait_for("the main container to record its context", LONG, async || {
+        node.exec_output(&["test", "-s", &format!("/run/e2e-{p}/env")])
+            .status
+            .success()
+            .then_some(())
+            .ok_or("not yet".into())
+    })
+    .await;
+
+    // Exit codes come back as kubectl's own.
+    let ok = kubectl_output(&["-n", ns, "exec", p, "-c", "main", "--", "true"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let three =
+        kubectl_output(&["-n", ns, "exec", p, "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(three.status.code(), Some(3), "{}", String::from_utf8_lossy(&three.stderr));
+    assert_eq!(String::from_utf8_lossy(&three.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&three.stderr).starts_with("err\n"), "{}", String::from_utf8_lossy(&three.stderr));
+    assert!(
+        node.vks_journal().contains(&format!("exec in {ns}/{p}/main: [\"true\"] over {transport}")),
+        "vks did not log an exec over {transport}:\n{}",
+        node.vks_journal()
+    );
+
+    // A program that does not exist is a clear error, not an exit code of the shell.
+    let missing = kubectl_output(&["-n", ns, "exec", p, "-c", "main", "--", "no-such-program"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("executable \"no-such-program\" not found in PATH"), "{err}");
+
+    // The command runs as the container does: user, working directory, environment.
+    let seen = kubectl(&["-n", ns, "exec", p, "-c", "main", "--", "sh", "-c", "id; pwd; echo \"$GREETING|$POD_NAME\""]);
+    let own = format!(
+        "{}{}{}",
+        node.exec(&["cat", &format!("/run/e2e-{p}/id")]),
+        node.exec(&["cat", &format!("/run/e2e-{p}/pwd")]),
+        node.exec(&["cat", &format!("/run/e2e-{p}/env")])
+    );
+    assert_eq!(seen, own);
+    assert!(seen.contains("/var/lib\nhello world|streams\n"), "{seen}");
+    // Arguments arrive exactly, $ and all.
+    assert_eq!(
+        kubectl(&["-n", ns, "exec", p, "-c", "main", "--", "printf", "%s|", "$HOME", "a b", "'q'"]),
+        "$HOME|a b|'q'|"
+    );
+
+    // stdin, to its end.
+    let (code, out, err) =
+        kubectl_with_input(&["-n", ns, "exec", "-i", p, "-c", "main", "--", "sh", "-c", "wc -l; cat"], "a\nb\n");
+    assert_eq!((code, out.as_str()), (0, "2\n"), "{err}");
+
+    // A terminal of the client's size, the shell's exit code.
+    let (code, screen) = kubectl_in_terminal(
+        33,
+        111,
+        "tty; stty size; exit 7\n",
+        &["-n", ns, "exec", "-it", p, "-c", "main", "--", "sh"],
+    );
+    assert_eq!(code, 7, "{screen}");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("33 111"), "{screen}");
+
+    // A command whose client goes away is stopped.
+    let mut sleeper =
+        Running::spawn(&["-n", ns, "exec", p, "-c", "main", "--", "sh", "-c", "echo started; exec sleep 1234"], false);
+    sleeper.wait_out("started", LONG);
+    drop(sleeper);
+    wait_for("the exec unit to go away with its client", LONG, async || {
+        let units = node.sh("systemctl list-units --all --no-legend 'vks-exec-*' || true");
+        let procs = node.sh("pgrep -f 'sleep 123[4]' || true");
+        if units.trim().is_empty() && procs.trim().is_empty() { Ok(()) } else { Err(format!("{units}{procs}")) }
+    })
+    .await;
+
+    // attach: the container's output, and its input when it has stdin.
+    let mut talk = Running::spawn(&["-n", ns, "attach", p, "-c", "talker"], false);
+    talk.wait_out("tick", LONG);
+    drop(talk);
+    let mut echo = Running::spawn(&["-n", ns, "attach", "-i", p, "-c", "echo"], true);
+    // The session may need a moment; send until the echo comes back.
+    let end = Instant::now() + LONG;
+    let mut stdin = echo.child.stdin.take().unwrap();
+    loop {
+        writeln!(stdin, "ping-through-attach").unwrap();
+        stdin.flush().unwrap();
+        if echo.out.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains("ping-through-attach")) {
+            break;
+        }
+        assert!(Instant::now() < end, "no echo through attach; stderr: {:?}", echo.err.try_iter().collect::<Vec<_>>());
+    }
+    drop(stdin);
+    drop(echo);
+
+    // port-forward carries an HTTP request to the pod's port.
+    let mut pf = Running::spawn(&["-n", ns, "port-forward", &format!("pod/{p}"), &format!(":{port}")], false);
+    let line = pf.wait_out("Forwarding from 127.0.0.1:", LONG);
+    let local: u16 = line.split("127.0.0.1:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let body = http_get(local, "/");
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(body.ends_with("hello from streams\n"), "{body}");
+    assert!(http_get(local, "/again").ends_with("hello from streams\n"), "a second connection");
+    drop(pf);
+    // A port of the node the pod does not listen on (vks's own) is refused.
+    let mut pf = Running::spawn(&["-n", ns, "port-forward", &format!("pod/{p}"), ":10250"], false);
+    let line = pf.wait_out("Forwarding from 127.0.0.1:", LONG);
+    let local: u16 = line.split("127.0.0.1:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let _ = TcpStream::connect(("127.0.0.1", local)).map(|mut s| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = s.read(&mut [0u8; 16]);
+    });
+    pf.wait_err("no process of the pod listens on TCP port 10250", LONG);
+    let pf_how = if transport == "WebSocket" { "tunnelled in WebSocket" } else { "over SPDY" };
+    let journal = node.vks_journal();
+    assert!(journal.contains(&format!("port-forward to pod {ns}/{p} {pf_how}")), "{journal}");
+    assert!(journal.contains(&format!("attach in {ns}/{p}/echo: [] over {transport}")), "{journal}");
+}
+
+fn port_for(offset: u16) -> u16 {
+    20_000 + (std::process::id() % 4000) as u16 * 2 + offset
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
+async fn exec_attach_port_forward_over_websocket() {
+    let node = Node::up("streams-ws");
+    let ns = Namespace::new("streams-ws");
+    let client = client().await;
+    let features = node.object(&client).await.status.and_then(|s| s.declared_features).unwrap_or_default();
+    assert_eq!(features, ["ExtendWebSocketsToKubelet"]);
+    battery(&node, &ns.name, "WebSocket", port_for(0)).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
+async fn exec_attach_port_forward_over_spdy() {
+    let node = Node::up("streams-spdy");
+    node.sh(
+        "sed -i 's/^\\[kubelet\\]$/[kubelet]\\nwebsocket_streaming = false/' /etc/vks/config.toml && systemctl restart vks",
+    );
+    let ns = Namespace::new("streams-spdy");
+    let client = client().await;
+    wait_for("the node to withdraw ExtendWebSocketsToKubelet", LONG, async || {
+        let f = node.object(&client).await.status.and_then(|s| s.declared_features).unwrap_or_default();
+        if f.is_empty() { Ok(()) } else { Err(format!("{f:?}")) }
+    })
+    .await;
+    battery(&node, &ns.name, "SPDY", port_for(1)).await;
+}
