@@ -408,6 +408,8 @@ impl Config {
             self.paths.pod_dir.clone(),
             self.paths.run_dir.clone(),
         ];
+        // vks's runtime state: the pods' status records (/run/vks/status) besides run_dir.
+        protected.push(PathBuf::from("/run/vks"));
         protected.push(self.cluster.kubeconfig.clone());
         protected.extend(self.kubelet.tls_key_file.clone());
         if let Some(TokenSource::File(p)) = &self.cluster.token {

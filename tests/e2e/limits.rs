@@ -362,16 +362,24 @@ async fn pods_are_kept_from_each_other_and_from_the_node() {
     let ns_b = Namespace::new("lim-iso-b");
     let client = client().await;
 
-    // Pod B, another namespace's, as a user of its own.
-    let mut b = sh("b", "echo secret-of-b > /tmp/b-private; exec sleep 3600");
+    // Pod B, another namespace's, as a user of its own, with a Secret volume and an emptyDir.
+    kubectl(&["create", "secret", "generic", "b-secret", "-n", &ns_b.name, "--from-literal=b-key=secret-of-b"]);
+    let mut b = sh("b", "echo secret-of-b > /tmp/b-private; echo data-of-b > /data/b-file; exec sleep 3600");
     b["securityContext"] = json!({ "runAsUser": 4321 });
-    create_pod(&client, &ns_b.name, pod("b", &node, json!({ "containers": [b] }))).await;
+    b["volumeMounts"] = json!([{ "name": "d", "mountPath": "/data" }, { "name": "s", "mountPath": "/secret" }]);
+    let volumes = json!([{ "name": "d", "emptyDir": {} }, { "name": "s", "secret": { "secretName": "b-secret" } }]);
+    create_pod(&client, &ns_b.name, pod("b", &node, json!({ "containers": [b], "volumes": volumes }))).await;
     wait_phase(&client, &ns_b.name, "b", "Running", LONG).await;
     let unit_b = unit_name(&ns_b.name, "b", "b");
     let pid_b = node.unit_prop(&unit_b, "MainPID");
 
-    // vks's own files on the node.
-    let vks_files = node.sh("find /etc/vks /var/lib/vks -type f | sort");
+    // vks's own files on the node, and pod B's volumes (under vks's pod directories).
+    let vks_files = wait_for("pod b's volume files", LONG, async || {
+        let files = node.sh("find /etc/vks /var/lib/vks /run/vks -type f 2>/dev/null | sort");
+        let has = |name: &str| files.lines().any(|f| f.ends_with(name));
+        if has("/b-file") && has("/b-key") { Ok(files) } else { Err(files) }
+    })
+    .await;
     let vks_files: Vec<&str> = vks_files.lines().collect();
     assert!(vks_files.iter().any(|f| f.starts_with("/etc/vks/")), "{vks_files:?}");
     assert!(vks_files.iter().any(|f| f.starts_with("/var/lib/vks/")), "{vks_files:?}");
@@ -445,6 +453,8 @@ async fn pods_are_kept_from_each_other_and_from_the_node() {
     let p = out(&unit_p);
     eprintln!("privileged pod: {p:?}");
     assert_eq!(p.get("/etc/vks/config.toml").map(String::as_str), Some("ok"), "{p:?}");
+    let b_file = targets.iter().find(|t| t.ends_with("/b-file")).unwrap();
+    assert_eq!(p.get(b_file).map(String::as_str), Some("ok"), "{p:?}");
     assert_eq!(p["seen"], "visible");
     assert_eq!(p["signal"], "ok", "kill -0: it may signal pod b");
 }
