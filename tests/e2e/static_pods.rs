@@ -122,7 +122,7 @@ async fn standalone_manifests_come_change_break_and_go() {
     // Removed: stopped, its unit and record gone.
     node.exec(&["rm", "/etc/vks/manifests/web.yaml"]);
     wait_for("the pod to be gone", within(Duration::from_secs(15)), async || {
-        let units = node.sh("ls /run/systemd/system | grep '^vks\\.' || true");
+        let units = node.sh("ls /run/systemd/system | grep '^vks\\..*\\.service$' || true");
         let out = vks_pods(&node);
         if units.is_empty() && out.starts_with(&format!("No pods on node {}.", node.name)) && records().is_empty() {
             Ok(())
@@ -219,7 +219,7 @@ async fn mirror_pods_appear_track_status_and_come_back() {
     })
     .await;
     wait_for("the units to go", within(Duration::from_secs(60)), async || {
-        let units = node.sh("ls /run/systemd/system | grep '^vks\\.' || true");
+        let units = node.sh("ls /run/systemd/system | grep '^vks\\..*\\.service$' || true");
         if units.is_empty() { Ok(()) } else { Err(units) }
     })
     .await;
