@@ -168,11 +168,11 @@ pub const CONTAINER_FIELDS: &[Field] = &[
         "user and groups, capabilities, privileged, readOnlyRootFilesystem, allowPrivilegeEscalation, seccompProfile, appArmorProfile (see Limits and isolation); procMount Unmasked and seLinuxOptions are refused",
     ),
     f("startupProbe", Honoured, "as livenessProbe; holds the other probes back until it passes"),
-    f("stdin", Refused, "true: attach is not supported yet"),
-    f("stdinOnce", Ignored, "only with stdin"),
+    f("stdin", Honoured, "true: the container reads a FIFO that `kubectl attach` writes to"),
+    f("stdinOnce", Ignored, "the FIFO stays open across attach sessions (Warning event)"),
     f("terminationMessagePath", Honoured, "a per-container file bound at this path; its last 4 KiB are the message"),
     f("terminationMessagePolicy", Honoured, "FallbackToLogsOnError takes the last 80 lines (2 KiB) from the journal"),
-    f("tty", Refused, "true: attach is not supported yet"),
+    f("tty", Ignored, "true: vks gives containers no terminal; `attach -t` is refused (Warning event)"),
     f("volumeDevices", Refused, "no block devices"),
     f(
         "volumeMounts",
@@ -336,9 +336,6 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
     if c.restart_policy_rules.as_ref().is_some_and(|r| !r.is_empty()) {
         why.push("restartPolicyRules are not supported by vks yet".into());
     }
-    if c.stdin == Some(true) || c.tty == Some(true) {
-        why.push("stdin/tty: attach is not supported by vks yet".into());
-    }
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         why.push("volumeDevices are not supported by vks".into());
     }
@@ -384,6 +381,15 @@ pub fn warnings(pod: &Pod) -> Vec<String> {
         out.push("ephemeralContainers are not run by vks yet".into());
     }
     for c in unit_containers(spec) {
+        if c.tty == Some(true) {
+            out.push(format!("container {}: tty is ignored: vks gives containers no terminal", c.name));
+        }
+        if c.stdin == Some(true) && c.stdin_once == Some(true) {
+            out.push(format!(
+                "container {}: stdinOnce is ignored: the container's stdin stays open across attach sessions",
+                c.name
+            ));
+        }
         let storage =
             |m: Option<&std::collections::BTreeMap<String, _>>| m.is_some_and(|m| m.contains_key("ephemeral-storage"));
         if c.resources.as_ref().is_some_and(|r| storage(r.limits.as_ref())) {

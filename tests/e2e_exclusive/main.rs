@@ -119,6 +119,20 @@ async fn kubectl_logs_follow_is_reissued_through_a_reopened_tunnel() {
     create_pod(&client, &ns.name, pod).await;
     wait_phase(&client, &ns.name, "count", "Running", within(Duration::from_secs(60))).await;
     let vks_pid = node.unit_prop("vks", "MainPID");
+    // The API server's node proxy reaches the node the same way (its address, 10.77.0.K, is one
+    // the proxy accepts, unlike the loopback addresses of the other test nodes).
+    let summary = wait_for("stats/summary through the node proxy", within(Duration::from_secs(30)), async || {
+        let out = kubectl_output(&["get", "--raw", &format!("/api/v1/nodes/{}/proxy/stats/summary", node.name)]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("\"count\"") {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["node"]["nodeName"], node.name.as_str());
 
     let (mut first, out) = follow(&ns.name, "count");
     let seen = wait_for("lines through the tunnel", within(Duration::from_secs(30)), async || {
