@@ -177,21 +177,6 @@ const LIMIT_STATIC: Duration = Duration::from_secs(30);
 const LIMIT_MIRRORS: Duration = Duration::from_secs(120);
 const LIMIT_SERVICES: Duration = Duration::from_secs(30);
 
-/// The node's allocatable resources, as the Node reports them (for resourceFieldRef).
-fn allocatable(config: &Config) -> crate::unit::data::Allocatable {
-    match host::HostFacts::read(&config.paths.state_dir) {
-        Ok(f) => crate::unit::data::Allocatable {
-            cpu_millis: f.cpus * 1000,
-            memory: f.memory_total.saturating_sub(config.eviction.memory_available.amount(f.memory_total)),
-            ephemeral_storage: f.fs_total.saturating_sub(config.eviction.nodefs_available.amount(f.fs_total)),
-        },
-        Err(e) => {
-            log::warn!("reading the host's resources: {e:#}");
-            crate::unit::data::Allocatable::default()
-        }
-    }
-}
-
 /// The daemon's long-running loops, by name. Any of them ending before shutdown is a failure.
 struct Tasks {
     set: JoinSet<(&'static str, Result<()>)>,
@@ -322,21 +307,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         (merged.into_stream(), Some((watch_tx, mirror_rx)))
     };
     crate::systemd::run::SystemdRun::sweep(crate::systemd::UNIT_DIR.as_ref());
+    let facts = {
+        let state_dir = config.paths.state_dir.clone();
+        tokio::task::spawn_blocking(move || host::HostFacts::read(&state_dir)).await.context("host probe task")??
+    };
+    let node_allocatable = crate::node::status::allocatable(&config, &facts);
+    let pods_memory_max = crate::node::status::pods_memory_max(&config, &facts);
     let mut shared = Shared::new(
         pod_api.clone(),
         events.clone(),
         systemd.clone(),
         images,
         Clock::system(),
-        NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string() },
+        NodeContext { node_name: id.name.clone(), node_ip: internal_ip.to_string(), policy: config.node_policy() },
         config.paths.pod_dir.clone(),
         health.clone(),
-    );
+    )
+    .with_node_resources(node_allocatable, pods_memory_max, config.security.report_exposure);
     // ConfigMaps, Secrets, tokens and Services of the pods, read through the API once the node
     // is connected (static pods refer to none); their volumes (issue 12).
     let object_api = Arc::new(crate::objects::Deferred::default());
-    shared.objects =
-        crate::objects::Objects::with_node(object_api.clone(), Clock::system(), None, allocatable(&config));
+    shared.objects = crate::objects::Objects::with_node(
+        object_api.clone(),
+        Clock::system(),
+        None,
+        crate::unit::data::Allocatable {
+            cpu_millis: node_allocatable.cpu,
+            memory: node_allocatable.memory,
+            ephemeral_storage: node_allocatable.ephemeral_storage,
+        },
+    );
     shared.volumes = volumes;
     let objects = shared.objects.clone();
     let shared = Arc::new(shared);

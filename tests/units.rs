@@ -40,7 +40,7 @@ fn package(name: &str) -> ImageInfo {
 }
 
 fn render_pod(pod: &Pod) -> String {
-    let node = NodeContext { node_name: "node-1".into(), node_ip: "192.0.2.10".into() };
+    let node = NodeContext::new("node-1", "192.0.2.10");
     let spec = pod.spec.as_ref().expect("pod has a spec");
     let mut out = String::new();
     for (c, kind) in unit::pod_containers(spec) {

@@ -42,11 +42,64 @@ pub struct Config {
     pub eviction: EvictionConfig,
     /// `[images]`: how images (Debian packages, paths, .deb URLs) are made available.
     pub images: ImagesConfig,
+    /// `[resources]`: what is kept back from pods, and how node allocatable is enforced.
+    pub resources: ResourcesConfig,
+    /// `[security]`: how pods are confined.
+    pub security: SecurityConfig,
     /// `[volumes]`: what pods may mount from the host.
     pub volumes: VolumesConfig,
     /// `[static]`: static pods from manifest files.
     #[serde(rename = "static")]
     pub static_pods: StaticConfig,
+}
+
+/// `[resources]`: the kubelet's `systemReserved` and `kubeReserved`, and
+/// `enforceNodeAllocatable: [pods]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResourcesConfig {
+    /// Kept back for the operating system and its daemons.
+    pub system_reserved: Reserved,
+    /// Kept back for vks and systemd.
+    pub kube_reserved: Reserved,
+    /// Whether `vks.slice` (every pod) is limited to capacity less the reservations.
+    pub enforce_allocatable: bool,
+}
+
+/// Amounts kept back from pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reserved {
+    /// milli-CPU.
+    pub cpu: u64,
+    /// bytes.
+    pub memory: u64,
+    /// bytes.
+    pub ephemeral_storage: u64,
+}
+
+impl Serialize for Reserved {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("cpu", &format!("{}m", self.cpu))?;
+        m.serialize_entry("memory", &crate::quantity::format_bytes(self.memory))?;
+        m.serialize_entry("ephemeral-storage", &crate::quantity::format_bytes(self.ephemeral_storage))?;
+        m.end()
+    }
+}
+
+/// `[security]`: the hardening profile and who gets the host as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecurityConfig {
+    /// Whether pods get the hardening profile.
+    pub hardening: bool,
+    /// Settings left out of the profile on this node.
+    pub hardening_disable: Vec<String>,
+    /// Whether pods may ask for `privileged: true`.
+    pub allow_privileged: bool,
+    /// Namespaces whose pods get the host as it is.
+    pub unconfined_namespaces: Vec<String>,
+    /// Whether each container's `systemd-analyze security` exposure is reported as an event.
+    pub report_exposure: bool,
 }
 
 /// `[volumes]`.
@@ -344,6 +397,40 @@ impl Config {
         let table: Table =
             text.parse().map_err(|e: toml::de::Error| vec![format!("TOML syntax: {}", e.to_string().trim())])?;
         Config::from_toml(table, hostname)
+    }
+
+    /// How pods are confined on this node: `[security]`, and vks's own files (its
+    /// configuration directory, state, pod directories and credentials) kept from pods.
+    pub fn node_policy(&self) -> crate::unit::security::NodePolicy {
+        let mut protected = vec![
+            PathBuf::from("/etc/vks"),
+            self.paths.state_dir.clone(),
+            self.paths.pod_dir.clone(),
+            self.paths.run_dir.clone(),
+        ];
+        // vks's runtime state: the pods' status records (/run/vks/status) besides run_dir.
+        protected.push(PathBuf::from("/run/vks"));
+        protected.push(self.cluster.kubeconfig.clone());
+        protected.extend(self.kubelet.tls_key_file.clone());
+        if let Some(TokenSource::File(p)) = &self.cluster.token {
+            protected.push(p.clone());
+        }
+        let mut paths: Vec<String> = Vec::new();
+        for p in protected {
+            let p = p.display().to_string();
+            // A path inside one already listed is covered by it.
+            if !paths.iter().any(|q| p == *q || p.starts_with(&format!("{}/", q.trim_end_matches('/')))) {
+                paths.retain(|q| !q.starts_with(&format!("{}/", p.trim_end_matches('/'))));
+                paths.push(p);
+            }
+        }
+        crate::unit::security::NodePolicy {
+            hardening: self.security.hardening,
+            hardening_disable: self.security.hardening_disable.clone(),
+            allow_privileged: self.security.allow_privileged,
+            unconfined_namespaces: self.security.unconfined_namespaces.clone(),
+            protected_paths: paths,
+        }
     }
 
     /// The effective configuration as TOML, defaults filled in (what `vks check` prints).

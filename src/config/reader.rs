@@ -14,6 +14,8 @@ use super::names::{
 use super::*;
 use crate::quantity::Threshold;
 
+mod limits;
+
 impl Config {
     /// Validates a parsed TOML table; on failure returns every problem found.
     pub fn from_toml(mut root: Table, hostname: &str) -> Result<Config, Vec<String>> {
@@ -25,6 +27,8 @@ impl Config {
         let mut log = Section::take(&mut root, "log", &mut errs);
         let mut eviction = Section::take(&mut root, "eviction", &mut errs);
         let mut images = Section::take(&mut root, "images", &mut errs);
+        let mut resources = Section::take(&mut root, "resources", &mut errs);
+        let mut security = Section::take(&mut root, "security", &mut errs);
         let mut volumes = Section::take(&mut root, "volumes", &mut errs);
         let mut static_pods = Section::take(&mut root, "static", &mut errs);
         for (key, value) in root {
@@ -141,6 +145,10 @@ impl Config {
             apt_sources: images.apt_sources("apt_sources", &mut errs),
         };
         images.finish(&mut errs);
+        let resources_cfg = resources.resources(&mut errs);
+        resources.finish(&mut errs);
+        let security_cfg = security.security(&mut errs);
+        security.finish(&mut errs);
 
         let volumes_cfg = VolumesConfig { host_path_allow: volumes.paths("host_path_allow", &mut errs) };
         volumes.finish(&mut errs);
@@ -158,6 +166,8 @@ impl Config {
                 log: log_cfg,
                 eviction: eviction_cfg,
                 images: images_cfg,
+                resources: resources_cfg,
+                security: security_cfg,
                 volumes: volumes_cfg,
                 static_pods: static_cfg,
             })

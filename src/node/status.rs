@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::config::Config;
 use crate::host::HostFacts;
 use crate::quantity::format_bytes;
+use crate::unit::resources::NodeAllocatable;
 
 /// The label that marks a vks node (allowed to a node by NodeRestriction).
 pub const INSTANCE_TYPE_LABEL: &str = "node.kubernetes.io/instance-type";
@@ -114,6 +115,32 @@ fn condition(
     }
 }
 
+/// Node allocatable, as the kubelet computes it: capacity less `[resources] system_reserved`
+/// and `kube_reserved`, and for memory and ephemeral storage less the hard eviction thresholds.
+pub fn allocatable(config: &Config, facts: &HostFacts) -> NodeAllocatable {
+    let (sys, kube) = (&config.resources.system_reserved, &config.resources.kube_reserved);
+    let ev = &config.eviction;
+    NodeAllocatable {
+        cpu: (facts.cpus * 1000).saturating_sub(sys.cpu + kube.cpu),
+        memory: facts
+            .memory_total
+            .saturating_sub(ev.memory_available.amount(facts.memory_total))
+            .saturating_sub(sys.memory + kube.memory),
+        ephemeral_storage: facts
+            .fs_total
+            .saturating_sub(ev.nodefs_available.amount(facts.fs_total))
+            .saturating_sub(sys.ephemeral_storage + kube.ephemeral_storage),
+        pods: u64::from(config.node.max_pods),
+    }
+}
+
+/// What `vks.slice` (every pod) may use in memory when node allocatable is enforced: capacity
+/// less the reservations (the eviction threshold stays usable, as under the kubelet).
+pub fn pods_memory_max(config: &Config, facts: &HostFacts) -> Option<u64> {
+    let r = &config.resources;
+    r.enforce_allocatable.then(|| facts.memory_total.saturating_sub(r.system_reserved.memory + r.kube_reserved.memory))
+}
+
 /// The node status computed from one reading of the host. `previous` are the conditions
 /// currently in the API, so that `lastTransitionTime` only moves when a status flips.
 pub fn node_status(
@@ -134,9 +161,14 @@ pub fn node_status(
         ("ephemeral-storage".to_owned(), quantity(format_bytes(facts.fs_total))),
         ("pods".to_owned(), quantity(config.node.max_pods.to_string())),
     ]);
-    let mut allocatable = capacity.clone();
-    allocatable.insert("memory".into(), quantity(format_bytes(facts.memory_total.saturating_sub(mem_reserve))));
-    allocatable.insert("ephemeral-storage".into(), quantity(format_bytes(facts.fs_total.saturating_sub(fs_reserve))));
+    let a = allocatable(config, facts);
+    let cpu = if a.cpu.is_multiple_of(1000) { (a.cpu / 1000).to_string() } else { format!("{}m", a.cpu) };
+    let allocatable = BTreeMap::from([
+        ("cpu".to_owned(), quantity(cpu)),
+        ("memory".to_owned(), quantity(format_bytes(a.memory))),
+        ("ephemeral-storage".to_owned(), quantity(format_bytes(a.ephemeral_storage))),
+        ("pods".to_owned(), quantity(a.pods.to_string())),
+    ]);
 
     let memory_pressure = facts.memory_available < mem_reserve;
     let disk_pressure =
@@ -350,6 +382,30 @@ mod tests {
         assert_eq!(
             (taints[0].key.as_str(), taints[0].value.as_deref(), taints[0].effect.as_str()),
             ("k", Some("v"), "NoSchedule")
+        );
+    }
+
+    #[test]
+    fn allocatable_is_capacity_less_reservations_and_eviction() {
+        let cfg = Config::from_str(
+            "[resources]\nsystem_reserved = { cpu = \"500m\", memory = \"1Gi\" }\n\
+             kube_reserved = { cpu = \"250m\", memory = \"512Mi\", ephemeral-storage = \"1Gi\" }",
+            "n1",
+        )
+        .unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let s = node_status(&cfg, &id(), &facts(), "252", &Readiness::Ready, &[], now);
+        let a = s.allocatable.as_ref().unwrap();
+        assert_eq!(a["cpu"].0, "1250m");
+        // 8Gi - 100Mi (eviction) - 1Gi - 512Mi
+        assert_eq!(a["memory"].0, format_bytes((8 << 30) - (100 << 20) - (1 << 30) - (512 << 20)));
+        assert_eq!(a["ephemeral-storage"].0, format_bytes((90 << 30) - (1 << 30)));
+        assert_eq!(a["pods"].0, "110");
+        assert_eq!(pods_memory_max(&cfg, &facts()), Some((8 << 30) - (1 << 30) - (512 << 20)));
+        let plain = Config::from_str("", "n1").unwrap();
+        assert_eq!(
+            node_status(&plain, &id(), &facts(), "252", &Readiness::Ready, &[], now).allocatable.unwrap()["cpu"].0,
+            "2"
         );
     }
 

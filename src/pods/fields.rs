@@ -8,7 +8,11 @@
 //! set to a value that matters gets one Warning event per pod ([`warnings`]); a pod for another
 //! operating system is rejected at admission like the kubelet does ([`admission`]).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume};
+
+use crate::unit::resources::{self, Amounts, NodeAllocatable};
 
 /// What vks does with a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +70,17 @@ pub const POD_FIELDS: &[Field] = &[
         Honoured,
         "the node's /etc/hosts plus the aliases, bound read-only at /etc/hosts in the pod's containers",
     ),
-    f("hostIPC", Ignored, "every pod shares the node's IPC namespace"),
+    f(
+        "hostIPC",
+        Honoured,
+        "false (the default): a private IPC namespace shared by the pod's containers (`PrivateIPC=`, `JoinsNamespaceOf=`, which shares `/tmp` too); true: the node's",
+    ),
     f("hostNetwork", Ignored, "every pod uses the node's network"),
-    f("hostPID", Ignored, "every pod shares the node's PID namespace"),
+    f(
+        "hostPID",
+        Ignored,
+        "systemd 252 has no PID namespaces for services: pods see the node's processes, those of other users hidden (`ProtectProc=invisible`) unless hostPID is true",
+    ),
     f("hostUsers", Refused, "false (user namespaces) is refused; pods run in the node's user namespace"),
     f("hostname", Ignored, "containers see the node's host name (Warning event)"),
     f("hostnameOverride", Ignored, "containers see the node's host name (Warning event)"),
@@ -77,19 +89,27 @@ pub const POD_FIELDS: &[Field] = &[
     f("nodeName", Honoured, "vks runs the pods bound to its node"),
     f("nodeSelector", Ignored, "for the scheduler"),
     f("os", Honoured, "`linux`; any other is rejected (PodOSNotSupported)"),
-    f("overhead", Ignored, "no runtime classes"),
+    f("overhead", Honoured, "added to the pod slice's settings and to admission, as the kubelet does"),
     f("preemptionPolicy", Ignored, "for the scheduler"),
     f("priority", Ignored, "for the scheduler"),
     f("priorityClassName", Ignored, "for the scheduler"),
     f("readinessGates", Honoured, "Ready waits until the gates' conditions (set by others, kept) are True"),
     f("resourceClaims", Refused, "no dynamic resource allocation"),
-    f("resources", Refused, "pod-level resources are not applied yet"),
+    f(
+        "resources",
+        Honoured,
+        "pod-level requests and limits on the pod's slice (`CPUWeight=`, `CPUQuota=`, `MemoryMax=`) and in the QoS class",
+    ),
     f("restartPolicy", Honoured, "with the kubelet's back-off"),
     f("runtimeClassName", Refused, "no runtime classes"),
     f("schedulerName", Ignored, "for the scheduler"),
     f("schedulingGates", Ignored, "for the scheduler"),
     f("schedulingGroup", Ignored, "for the scheduler"),
-    f("securityContext", Refused, "any field set: not applied yet"),
+    f(
+        "securityContext",
+        Honoured,
+        "runAsUser, runAsGroup, runAsNonRoot, fsGroup, supplementalGroups, seccompProfile, appArmorProfile (see Limits and isolation); sysctls, seLinuxOptions, seccompProfile Localhost and supplementalGroupsPolicy Strict are refused",
+    ),
     f("serviceAccount", Honoured, "deprecated alias of serviceAccountName"),
     f("serviceAccountName", Honoured, "in fieldRef spec.serviceAccountName"),
     f("setHostnameAsFQDN", Ignored, "containers see the node's host name (Warning event)"),
@@ -130,15 +150,23 @@ pub const CONTAINER_FIELDS: &[Field] = &[
     f("name", Honoured, "part of the unit name"),
     f("ports", Honoured, "informational: the port is the node's"),
     f("readinessProbe", Honoured, "as livenessProbe; drives the container's `ready` and the pod's Ready"),
-    f("resizePolicy", Ignored, "resources are not applied yet"),
+    f(
+        "resizePolicy",
+        Honoured,
+        "`NotRequired`: a resize is applied live (`SetUnitProperties`); `RestartContainer`: the container restarts with the new limits",
+    ),
     f(
         "resources",
-        Refused,
-        "limits are refused (not applied yet); requests are for the scheduler only (Warning event)",
+        Honoured,
+        "limits: `CPUQuota=`, `MemoryMax=`; requests: `CPUWeight=` (the kubelet's shares), `MemoryLow=` (cgroup v2), on the container's unit and slice; ephemeral-storage is reported, not enforced (Warning event); hugepages are refused",
     ),
     f("restartPolicy", Honoured, "`Always` on an init container makes it a sidecar"),
     f("restartPolicyRules", Refused, "not supported yet"),
-    f("securityContext", Refused, "any field set: not applied yet"),
+    f(
+        "securityContext",
+        Honoured,
+        "user and groups, capabilities, privileged, readOnlyRootFilesystem, allowPrivilegeEscalation, seccompProfile, appArmorProfile (see Limits and isolation); procMount Unmasked and seLinuxOptions are refused",
+    ),
     f("startupProbe", Honoured, "as livenessProbe; holds the other probes back until it passes"),
     f("stdin", Honoured, "true: the container reads a FIFO that `kubectl attach` writes to"),
     f("stdinOnce", Ignored, "the FIFO stays open across attach sessions (Warning event)"),
@@ -217,15 +245,59 @@ fn volume_refusal(v: &Volume) -> Option<String> {
     users.then(|| format!("volume {}: per-file user and defaultUser are not supported by vks", v.name))
 }
 
-/// Why a pod is rejected at admission, as the kubelet would: `(reason, message)`.
-pub fn admission(pod: &Pod) -> Option<(&'static str, String)> {
-    let os = pod.spec.as_ref()?.os.as_ref()?;
-    (os.name != "linux").then(|| {
-        (
-            "PodOSNotSupported",
+/// What the node has for pods when one is admitted: its allocatable, and what the pods
+/// admitted before request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeLoad {
+    /// Node allocatable.
+    pub allocatable: NodeAllocatable,
+    /// The summed requests of the admitted pods.
+    pub used: Amounts,
+    /// Their extended resources, by name.
+    pub used_extended: BTreeMap<String, u64>,
+    /// How many pods are admitted.
+    pub pods: u64,
+}
+
+/// Why a pod is rejected at admission, as the kubelet would: `(reason, message)`. With `load`,
+/// the pod's requests must fit what is left of node allocatable (the kubelet's resource
+/// predicate: `OutOfcpu`, `OutOfmemory`, `OutOfephemeral-storage`, `OutOfpods`, and
+/// `OutOf<name>` for extended resources the node does not have).
+pub fn admission(pod: &Pod, load: Option<&NodeLoad>) -> Option<(String, String)> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(os) = spec.os.as_ref().filter(|os| os.name != "linux") {
+        return Some((
+            "PodOSNotSupported".into(),
             format!("Failed to admit pod as the OS {:?} is not supported by vks (spec.os.name)", os.name),
-        )
-    })
+        ));
+    }
+    let load = load?;
+    // A pod whose quantities cannot be read is refused when its containers are created.
+    let (req, extended) = resources::admission_requests(pod).ok()?;
+    let a = &load.allocatable;
+    let mut checks: Vec<(String, u64, u64, u64)> = vec![
+        ("pods".into(), 1, load.pods, a.pods),
+        ("cpu".into(), req.cpu.unwrap_or(0), load.used.cpu.unwrap_or(0), a.cpu),
+        ("memory".into(), req.memory.unwrap_or(0), load.used.memory.unwrap_or(0), a.memory),
+        (
+            "ephemeral-storage".into(),
+            req.ephemeral_storage.unwrap_or(0),
+            load.used.ephemeral_storage.unwrap_or(0),
+            a.ephemeral_storage,
+        ),
+    ];
+    for (name, n) in extended {
+        let used = load.used_extended.get(&name).copied().unwrap_or(0);
+        checks.push((name, n, used, 0));
+    }
+    let (name, requested, used, capacity) =
+        checks.into_iter().find(|(_, r, u, c)| *r > 0 && u.saturating_add(*r) > *c)?;
+    Some((
+        format!("OutOf{name}"),
+        format!(
+            "Pod was rejected: Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
+        ),
+    ))
 }
 
 /// Why pod-level fields stop every container of the pod, if they do.
@@ -240,17 +312,8 @@ fn pod_refusal(spec: &PodSpec) -> Option<String> {
     if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
         why.push("resourceClaims are not supported by vks".into());
     }
-    if spec.resources.as_ref().is_some_and(|r| !set_keys(r).is_empty()) {
-        why.push("pod-level resources are not applied by vks yet".into());
-    }
     if spec.runtime_class_name.is_some() {
         why.push("runtimeClassName is not supported by vks".into());
-    }
-    if let Some(sc) = &spec.security_context {
-        let keys = set_keys(sc);
-        if !keys.is_empty() {
-            why.push(format!("securityContext ({}) is not applied by vks yet", keys.join(", ")));
-        }
     }
     why.extend(spec.volumes.iter().flatten().filter_map(volume_refusal));
     (!why.is_empty()).then(|| format!("pod field {}", why.join("; ")))
@@ -270,17 +333,8 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
         }
     }
     why.extend(crate::probes::spec::unsupported(c));
-    if c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some_and(|l| !l.is_empty()) {
-        why.push("resources.limits are not applied by vks yet".into());
-    }
     if c.restart_policy_rules.as_ref().is_some_and(|r| !r.is_empty()) {
         why.push("restartPolicyRules are not supported by vks yet".into());
-    }
-    if let Some(sc) = &c.security_context {
-        let keys = set_keys(sc);
-        if !keys.is_empty() {
-            why.push(format!("securityContext ({}) is not applied by vks yet", keys.join(", ")));
-        }
     }
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         why.push("volumeDevices are not supported by vks".into());
@@ -336,8 +390,13 @@ pub fn warnings(pod: &Pod) -> Vec<String> {
                 c.name
             ));
         }
-        if c.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some_and(|r| !r.is_empty()) {
-            out.push(format!("container {}: resources.requests are used by the scheduler only; vks does not reserve or weight them yet", c.name));
+        let storage =
+            |m: Option<&std::collections::BTreeMap<String, _>>| m.is_some_and(|m| m.contains_key("ephemeral-storage"));
+        if c.resources.as_ref().is_some_and(|r| storage(r.limits.as_ref())) {
+            out.push(format!(
+                "container {}: resources.limits.ephemeral-storage is reported, not enforced: vks containers have no writable layer of their own",
+                c.name
+            ));
         }
     }
     out
@@ -463,7 +522,7 @@ mod tests {
         }));
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(refusal(&p, c), None);
-        assert_eq!(admission(&p), None);
+        assert_eq!(admission(&p, None), None);
         assert_eq!(warnings(&p), Vec::<String>::new());
     }
 
@@ -476,8 +535,7 @@ mod tests {
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
             refusal(&p, c).unwrap(),
-            "container c: field livenessProbe.grpc.mode \"TLS\" is not supported by vks (only Plaintext); \
-             resources.limits are not applied by vks yet; securityContext (runAsUser) is not applied by vks yet"
+            "container c: field livenessProbe.grpc.mode \"TLS\" is not supported by vks (only Plaintext)"
         );
         let p = pod(serde_json::json!({"securityContext": {"runAsNonRoot": true}, "volumes": [
                 {"name": "data", "emptyDir": {}},
@@ -489,7 +547,7 @@ mod tests {
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
             refusal(&p, c).unwrap(),
-            "container c: pod field securityContext (runAsNonRoot) is not applied by vks yet; volume pvc \
+            "container c: pod field volume pvc \
              (persistentVolumeClaim) is not supported by vks (emptyDir, configMap, secret, downwardAPI, projected and \
              hostPath are); volume huge: emptyDir medium \"HugePages\" is not supported by vks; volume ctb: \
              clusterTrustBundle and podCertificate projections are not supported by vks"
@@ -508,7 +566,33 @@ mod tests {
     #[test]
     fn pods_for_other_operating_systems_are_rejected() {
         let p = pod(serde_json::json!({"os": {"name": "windows"}, "containers": []}));
-        assert_eq!(admission(&p).unwrap().0, "PodOSNotSupported");
-        assert_eq!(admission(&pod(serde_json::json!({"os": {"name": "linux"}, "containers": []}))), None);
+        assert_eq!(admission(&p, None).unwrap().0, "PodOSNotSupported");
+        assert_eq!(admission(&pod(serde_json::json!({"os": {"name": "linux"}, "containers": []})), None), None);
+    }
+
+    #[test]
+    fn pods_are_admitted_against_what_is_left_of_allocatable() {
+        let load = NodeLoad {
+            allocatable: NodeAllocatable { cpu: 2000, memory: 4 << 30, ephemeral_storage: 10 << 30, pods: 3 },
+            used: Amounts { cpu: Some(1500), memory: Some(1 << 30), ephemeral_storage: None },
+            used_extended: BTreeMap::new(),
+            pods: 2,
+        };
+        let asking = |r: serde_json::Value| {
+            pod(serde_json::json!({"containers": [{"name": "c", "resources": {"requests": r}}]}))
+        };
+        assert_eq!(admission(&asking(serde_json::json!({"cpu": "500m", "memory": "3Gi"})), Some(&load)), None);
+        let (reason, message) = admission(&asking(serde_json::json!({"cpu": "600m"})), Some(&load)).unwrap();
+        assert_eq!(reason, "OutOfcpu");
+        assert_eq!(
+            message,
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 600, used: 1500, capacity: 2000"
+        );
+        let (reason, _) = admission(&asking(serde_json::json!({"memory": "3073Mi"})), Some(&load)).unwrap();
+        assert_eq!(reason, "OutOfmemory");
+        let (reason, _) = admission(&asking(serde_json::json!({"example.com/gpu": "1"})), Some(&load)).unwrap();
+        assert_eq!(reason, "OutOfexample.com/gpu");
+        let full = NodeLoad { pods: 3, ..load.clone() };
+        assert_eq!(admission(&asking(serde_json::json!({})), Some(&full)).unwrap().0, "OutOfpods");
     }
 }

@@ -302,10 +302,37 @@ impl PodManager {
         for uid in self.shared.volumes.sweep(keep).await {
             log::info!("removed the directories of gone pod {uid}");
         }
+        self.sweep_slices().await;
+    }
+
+    /// Stops and removes pod and container slices whose pod has no worker (left behind when
+    /// vks stopped between removing a pod's units and its slices).
+    async fn sweep_slices(&self) {
+        let sd = &self.shared.systemd;
+        let names = match sd.list_slice_files("vks-").await {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("listing vks slices: {e}");
+                return;
+            }
+        };
+        for name in names.into_iter().filter(|n| crate::unit::resources::is_pod_slice(n)) {
+            let Ok(Some(text)) = sd.read_unit_file(&name).await else { continue };
+            let Some(uid) = crate::unit::resources::slice_owner_uid(&text) else { continue };
+            if self.workers.contains_key(&uid) || self.respawn.contains_key(&uid) || self.adopted.contains_key(&uid) {
+                continue;
+            }
+            log::info!(unit = name.as_str(); "slice {name} belongs to pod {uid}, which is no longer on this node: removing it");
+            let _ = sd.stop(&name).await;
+            if let Err(e) = sd.remove_unit_file(&name).await {
+                log::warn!(unit = name.as_str(); "{e}");
+            }
+        }
     }
 
     /// Runs until `cancel` fires, or returns an error when the pod event stream ends.
     pub async fn run(mut self, mut pods: PodEvents, heartbeat: Heartbeat) -> anyhow::Result<()> {
+        self.shared.write_node_slices().await;
         self.adopted = self.scan_units().await;
         for (uid, units) in &self.adopted {
             for a in units {

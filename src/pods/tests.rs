@@ -79,6 +79,8 @@ pub(super) struct World {
 }
 
 pub(super) const START: u64 = 1_800_000_000;
+/// The node-level slices the pod manager writes when it starts (they stay).
+const NODE_SLICES: [&str; 3] = ["vks.slice", "vks-burstable.slice", "vks-besteffort.slice"];
 
 impl World {
     pub(super) async fn start() -> World {
@@ -91,27 +93,38 @@ impl World {
 
     /// A world on `systemd`, whose first pod list (the watch's initial listing) is `initial`.
     async fn start_with(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
-        World::start_full(systemd, Some(initial), true, &[]).await
+        World::start_full(systemd, Some(initial), true, &[], None).await
     }
 
     /// As [`World::start_with`], but the initial listing is not finished yet: the test sends
     /// `Event::InitDone` itself.
     async fn start_listing(systemd: Arc<FakeSystemd>, initial: &[Pod]) -> World {
-        World::start_full(systemd, Some(initial), false, &[]).await
+        World::start_full(systemd, Some(initial), false, &[], None).await
     }
 
     /// A world whose pod watch sends nothing (an API server unreachable at start-up).
     async fn start_without_listing(systemd: Arc<FakeSystemd>) -> World {
-        World::start_full(systemd, None, false, &[]).await
+        World::start_full(systemd, None, false, &[], None).await
+    }
+
+    /// A world whose node admits pods against `allocatable`.
+    async fn start_node(
+        systemd: Arc<FakeSystemd>,
+        initial: &[Pod],
+        allocatable: Option<crate::unit::resources::NodeAllocatable>,
+    ) -> World {
+        World::start_full(systemd, Some(initial), true, &[], allocatable).await
     }
 
     /// A world on `systemd` with the `listing` of pods (finished with `InitDone` if `finish`),
-    /// or none, and directories of these pod UIDs left on the node (as a crash would leave them).
+    /// or none, directories of these pod UIDs left on the node (as a crash would leave them),
+    /// and allocatable to admit pods against.
     async fn start_full(
         systemd: Arc<FakeSystemd>,
         listing: Option<&[Pod]>,
         finish: bool,
         pre_existing_dirs: &[&str],
+        allocatable: Option<crate::unit::resources::NodeAllocatable>,
     ) -> World {
         let clock = World::clock();
         let api = Arc::new(FakePodApi::default());
@@ -126,11 +139,14 @@ impl World {
             systemd.clone(),
             images.clone(),
             clock,
-            NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() },
+            NodeContext::new("n1", "10.0.0.5"),
             pod_dir.path().to_owned(),
             Arc::new(ApiHealth::default()),
         );
         shared.is_executable = |_| true;
+        if let Some(a) = allocatable {
+            shared = shared.with_node_resources(a, None, true);
+        }
         let dirs = tempfile::tempdir().unwrap();
         let objects = Arc::new(crate::objects::fake::FakeObjects::new(clock));
         let api_server = Some(("192.0.2.1".to_owned(), 6443));
@@ -397,7 +413,8 @@ async fn deletion_stops_apps_then_sidecars_and_kills_at_the_end_of_the_grace_per
     w.until("the pod object is deleted", |w| w.api.deleted().iter().any(|p| p.uid == "u1")).await;
     // The grace period is shared: what still runs at its end is killed, sidecars included.
     assert!(w.systemd.calls().iter().any(|c| c == &format!("kill {side} All SIGKILL")));
-    assert!(w.systemd.files().is_empty(), "unit files removed: {:?}", w.systemd.files().keys());
+    let left: Vec<String> = w.systemd.files().into_keys().filter(|f| !NODE_SLICES.contains(&f.as_str())).collect();
+    assert!(left.is_empty(), "unit files and pod slices removed: {left:?}");
     w.stop().await;
 }
 
@@ -457,7 +474,7 @@ async fn units_on_the_node_are_adopted_without_a_restart() {
     let image =
         ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
     let c = p.spec.as_ref().unwrap().containers[0].clone();
-    let node = NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() };
+    let node = NodeContext::new("n1", "10.0.0.5");
     let plan = crate::unit::plan(&p, &c, crate::unit::ContainerKind::App, &image, &node, &Default::default(), |_| true)
         .unwrap();
     systemd.write_unit(&plan.name, &crate::unit::render(&plan).unwrap()).await.unwrap();
@@ -542,7 +559,7 @@ async fn leftover_unit(systemd: &FakeSystemd, p: &Pod) -> String {
     let image =
         ImageInfo { entrypoint: vec!["/bin/app".into()], image_id: "file:///bin/app".into(), ..ImageInfo::default() };
     let c = p.spec.as_ref().unwrap().containers[0].clone();
-    let node = NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() };
+    let node = NodeContext::new("n1", "10.0.0.5");
     let plan = crate::unit::plan(
         p,
         &c,
@@ -634,3 +651,5 @@ async fn a_name_reused_while_vks_was_down_waits_for_the_old_unit() {
     assert!(w.systemd.files()[&u].contains("PodUID=new"));
     w.stop().await;
 }
+
+mod limits;

@@ -30,8 +30,8 @@ use zbus::{Connection, MatchRule, MessageStream, OwnedVariant};
 use zbus_systemd::systemd1::ManagerProxy;
 
 use super::{
-    ActiveState, ExitKind, KillWhom, Signal, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus,
-    unit_name_from_path, unit_path,
+    ActiveState, ExitKind, Exposure, Ids, KillWhom, Signal, SliceMemory, Systemd, SystemdError, UnitDelta, UnitEvent,
+    UnitStatus, local, unit_name_from_path, unit_path,
 };
 use crate::notify::Heartbeat;
 
@@ -57,6 +57,8 @@ pub struct DbusSystemd {
     unit_dir: PathBuf,
     bus: RwLock<Option<Bus>>,
     watchers: Mutex<Vec<(String, mpsc::UnboundedSender<UnitEvent>)>>,
+    /// One `systemd-analyze security` at a time: it reads every unit over D-Bus.
+    analyze: tokio::sync::Semaphore,
 }
 
 fn bus(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
@@ -90,6 +92,7 @@ impl DbusSystemd {
             unit_dir: unit_dir.to_owned(),
             bus: RwLock::new(Some(b)),
             watchers: Mutex::new(Vec::new()),
+            analyze: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -206,6 +209,52 @@ impl DbusSystemd {
         self.unit_dir.join(name)
     }
 
+    /// Where `SetUnitProperties(runtime=true)` keeps a unit's changes: the `system.control`
+    /// directory next to the unit directory (/run/systemd/system.control/NAME.d).
+    fn control_dropins(&self, name: &str) -> PathBuf {
+        self.unit_dir.with_file_name("system.control").join(format!("{name}.d"))
+    }
+
+    /// Forgets live changes of a unit whose file is written or removed: the file decides again.
+    async fn clear_control_dropins(&self, name: &str) -> Result<(), SystemdError> {
+        let dir = self.control_dropins(name);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(SystemdError::Io { action: "removing", path: dir.display().to_string(), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn list_files(&self, prefix: &str, suffix: &str) -> Result<Vec<String>, SystemdError> {
+        let io = |source| SystemdError::Io { action: "listing", path: self.unit_dir.display().to_string(), source };
+        let mut dir = match tokio::fs::read_dir(&self.unit_dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = dir.next_entry().await.map_err(io)? {
+            if let Some(name) = entry.file_name().to_str()
+                && name.starts_with(prefix)
+                && name.ends_with(suffix)
+            {
+                out.push(name.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The `ControlGroup` of a loaded slice (empty when it has none).
+    async fn slice_cgroup(&self, slice: &str) -> Result<String, SystemdError> {
+        match self.get_all(slice, "org.freedesktop.systemd1.Slice").await {
+            Ok(mut props) => Ok(prop(&mut props, "ControlGroup").unwrap_or_default()),
+            Err(SystemdError::Bus { .. }) => Ok(String::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn get_all(
         &self,
         name: &str,
@@ -302,10 +351,12 @@ impl Systemd for DbusSystemd {
         let path = self.file(name);
         crate::fsutil::write_atomic_async(path.clone(), content.as_bytes().to_vec(), 0o644)
             .await
-            .map_err(|source| SystemdError::Io { action: "writing", path: path.display().to_string(), source })
+            .map_err(|source| SystemdError::Io { action: "writing", path: path.display().to_string(), source })?;
+        self.clear_control_dropins(name).await
     }
 
     async fn remove_unit_file(&self, name: &str) -> Result<(), SystemdError> {
+        self.clear_control_dropins(name).await?;
         let path = self.file(name);
         match tokio::fs::remove_file(&path).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -325,23 +376,46 @@ impl Systemd for DbusSystemd {
     }
 
     async fn list_unit_files(&self, prefix: &str) -> Result<Vec<String>, SystemdError> {
-        let io = |source| SystemdError::Io { action: "listing", path: self.unit_dir.display().to_string(), source };
-        let mut dir = match tokio::fs::read_dir(&self.unit_dir).await {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(e)),
-        };
-        let mut out = Vec::new();
-        while let Some(entry) = dir.next_entry().await.map_err(io)? {
-            if let Some(name) = entry.file_name().to_str()
-                && name.starts_with(prefix)
-                && name.ends_with(".service")
-            {
-                out.push(name.to_owned());
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.list_files(prefix, ".service").await
+    }
+
+    async fn list_slice_files(&self, prefix: &str) -> Result<Vec<String>, SystemdError> {
+        self.list_files(prefix, ".slice").await
+    }
+
+    async fn set_unit_properties(&self, name: &str, props: &[(&'static str, u64)]) -> Result<(), SystemdError> {
+        let list: Vec<(String, OwnedVariant)> =
+            props.iter().map(|(k, v)| ((*k).to_owned(), OwnedVariant::from(*v))).collect();
+        let what: Vec<String> = props.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.manager()?
+            .set_unit_properties(name.to_owned(), true, list)
+            .await
+            .map_err(unit_call(&format!("SetUnitProperties[{}]", what.join(" ")), name))
+    }
+
+    async fn slice_memory(&self, slice: &str) -> Result<Option<SliceMemory>, SystemdError> {
+        let cg = self.slice_cgroup(slice).await?;
+        tokio::task::spawn_blocking(move || local::slice_memory(&cg)).await.unwrap_or(Ok(None))
+    }
+
+    async fn reset_slice_peak(&self, slice: &str) -> Result<(), SystemdError> {
+        let cg = self.slice_cgroup(slice).await?;
+        tokio::task::spawn_blocking(move || local::reset_peak(&cg)).await.unwrap_or(Ok(()))
+    }
+
+    async fn user_id(&self, name: &str) -> Result<Option<u32>, SystemdError> {
+        let name = name.to_owned();
+        Ok(tokio::task::spawn_blocking(move || local::user_id(&name)).await.unwrap_or(None))
+    }
+
+    async fn ensure_ids(&self, ids: &Ids) -> Result<(), SystemdError> {
+        let ids = ids.clone();
+        tokio::task::spawn_blocking(move || local::ensure_ids(&ids)).await.unwrap_or(Ok(()))
+    }
+
+    async fn exposure(&self, name: &str) -> Result<Exposure, SystemdError> {
+        let _one = self.analyze.acquire().await;
+        local::exposure(name).await
     }
 
     async fn reload(&self) -> Result<(), SystemdError> {

@@ -9,7 +9,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{ActiveState, ExitKind, KillWhom, Signal, Systemd, SystemdError, UnitDelta, UnitEvent, UnitStatus};
+use super::{
+    ActiveState, ExitKind, Exposure, Ids, KillWhom, Signal, SliceMemory, Systemd, SystemdError, UnitDelta, UnitEvent,
+    UnitStatus,
+};
 use crate::clock::Clock;
 
 /// One call made to the fake.
@@ -37,6 +40,12 @@ struct State {
     panic_once: HashSet<String>,
     /// The D-Bus connection is down: every call to systemd fails (unit files still work).
     disconnected: bool,
+    /// Live property changes per unit, in order.
+    properties: BTreeMap<String, Vec<(String, u64)>>,
+    /// Memory peak and limit per slice (cgroup v1 as tests set it).
+    slices: BTreeMap<String, SliceMemory>,
+    /// IDs registered with `ensure_ids`.
+    ids: Vec<Ids>,
 }
 
 /// A fake systemd. Started units stay `active/running` until [`FakeSystemd::exit`] or a signal.
@@ -205,6 +214,24 @@ impl FakeSystemd {
         self.lock().calls.clone()
     }
 
+    /// Makes a running unit's main process die of SIGKILL as the kernel's OOM killer does on
+    /// cgroup v1: the container's slice shows its peak usage at its limit, systemd only a signal.
+    pub fn oom_kill(&self, name: &str, slice: &str, limit: u64) {
+        let mut s = self.lock();
+        s.slices.insert(slice.to_owned(), SliceMemory { peak: limit, limit });
+        self.end(&mut s, name, ExitKind::Killed, Signal::SIGKILL as i32);
+    }
+
+    /// The live property changes made to a unit or slice, in order.
+    pub fn properties(&self, name: &str) -> Vec<(String, u64)> {
+        self.lock().properties.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The IDs registered so far.
+    pub fn registered_ids(&self) -> Vec<Ids> {
+        self.lock().ids.clone()
+    }
+
     /// The unit's status as systemd would report it, if it is loaded.
     pub fn unit(&self, name: &str) -> Option<UnitStatus> {
         self.lock().units.get(name).cloned()
@@ -236,7 +263,56 @@ impl Systemd for FakeSystemd {
     }
 
     async fn list_unit_files(&self, prefix: &str) -> Result<Vec<String>, SystemdError> {
-        Ok(self.lock().files.keys().filter(|n| n.starts_with(prefix)).cloned().collect())
+        Ok(self.lock().files.keys().filter(|n| n.starts_with(prefix) && n.ends_with(".service")).cloned().collect())
+    }
+
+    async fn list_slice_files(&self, prefix: &str) -> Result<Vec<String>, SystemdError> {
+        Ok(self.lock().files.keys().filter(|n| n.starts_with(prefix) && n.ends_with(".slice")).cloned().collect())
+    }
+
+    async fn set_unit_properties(&self, name: &str, props: &[(&'static str, u64)]) -> Result<(), SystemdError> {
+        let mut s = self.lock();
+        let what: Vec<String> = props.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.record(&mut s, format!("set-property {name} {}", what.join(" ")));
+        if !s.files.contains_key(name) && !s.units.contains_key(name) {
+            return Err(SystemdError::NoSuchUnit(name.to_owned()));
+        }
+        let list = s.properties.entry(name.to_owned()).or_default();
+        list.extend(props.iter().map(|(k, v)| ((*k).to_owned(), *v)));
+        Ok(())
+    }
+
+    async fn slice_memory(&self, slice: &str) -> Result<Option<SliceMemory>, SystemdError> {
+        Ok(self.lock().slices.get(slice).copied())
+    }
+
+    async fn reset_slice_peak(&self, slice: &str) -> Result<(), SystemdError> {
+        if let Some(m) = self.lock().slices.get_mut(slice) {
+            m.peak = 0;
+        }
+        Ok(())
+    }
+
+    async fn user_id(&self, name: &str) -> Result<Option<u32>, SystemdError> {
+        Ok(match name {
+            "root" => Some(0),
+            "daemon" => Some(1),
+            "toor" => Some(0),
+            "www-data" => Some(33),
+            "nobody" => Some(65534),
+            _ => None,
+        })
+    }
+
+    async fn ensure_ids(&self, ids: &Ids) -> Result<(), SystemdError> {
+        let mut s = self.lock();
+        self.record(&mut s, format!("ensure-ids {ids:?}"));
+        s.ids.push(ids.clone());
+        Ok(())
+    }
+
+    async fn exposure(&self, _name: &str) -> Result<Exposure, SystemdError> {
+        Ok(Exposure { score: 2.9, predicate: "OK".into() })
     }
 
     async fn reload(&self) -> Result<(), SystemdError> {

@@ -12,6 +12,7 @@
 pub mod dbus;
 pub mod exec;
 pub mod fake;
+mod local;
 pub mod run;
 
 /// Where vks writes its unit files: runtime units, gone after a reboot (vks recreates them
@@ -21,6 +22,29 @@ pub const UNIT_DIR: &str = "/run/systemd/system";
 use async_trait::async_trait;
 pub use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
+
+pub use crate::unit::resources::SliceMemory;
+pub use crate::unit::security::Ids;
+
+/// `systemd-analyze security`'s verdict on a unit: 0.0 (confined) to 10.0 (exposed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exposure {
+    /// The overall exposure level.
+    pub score: f32,
+    /// systemd's word for it: SAFE, OK, MEDIUM, EXPOSED, UNSAFE.
+    pub predicate: String,
+}
+
+/// Reads the overall exposure from `systemd-analyze security UNIT` output, whose last line is
+/// `→ Overall exposure level for UNIT: 9.6 UNSAFE 😨`.
+pub fn parse_exposure(output: &str) -> Option<Exposure> {
+    let line = output.lines().rev().find(|l| l.contains("Overall exposure level for"))?;
+    let (_, rest) = line.rsplit_once(": ")?;
+    let mut words = rest.split_whitespace();
+    let score = words.next()?.parse().ok()?;
+    let predicate = words.next()?.to_owned();
+    Some(Exposure { score, predicate })
+}
 
 /// What can go wrong talking to systemd. Callers branch on [`SystemdError::NoSuchUnit`].
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +253,26 @@ pub trait Systemd: Send + Sync + 'static {
     async fn read_unit_file(&self, name: &str) -> Result<Option<String>, SystemdError>;
     /// Names of the unit files in the unit directory that start with `prefix`.
     async fn list_unit_files(&self, prefix: &str) -> Result<Vec<String>, SystemdError>;
+    /// Names of the slice files (`*.slice`) in the unit directory that start with `prefix`.
+    async fn list_slice_files(&self, prefix: &str) -> Result<Vec<String>, SystemdError>;
+    /// Changes cgroup properties of a loaded unit or slice at once (`SetUnitProperties` with
+    /// runtime=true: kept in /run until the unit file is written again), e.g. for an in-place
+    /// resize. Values are systemd's `t` properties (`MemoryMax`, `CPUQuotaPerSecUSec`,
+    /// `CPUWeight`, `MemoryLow`), `u64::MAX` for infinity.
+    async fn set_unit_properties(&self, name: &str, props: &[(&'static str, u64)]) -> Result<(), SystemdError>;
+    /// The memory peak and limit of a slice's cgroup on cgroup v1, to tell an OOM kill (systemd
+    /// 252 reports `oom-kill` only on cgroup v2); `None` on cgroup v2 or without a cgroup.
+    async fn slice_memory(&self, slice: &str) -> Result<Option<SliceMemory>, SystemdError>;
+    /// Resets the memory peak of a slice's cgroup (cgroup v1; nothing to do on v2).
+    async fn reset_slice_peak(&self, slice: &str) -> Result<(), SystemdError>;
+    /// The UID of a user in the node's user database.
+    async fn user_id(&self, name: &str) -> Result<Option<u32>, SystemdError>;
+    /// Makes numeric IDs known to the node's user database (systemd runs services only as known
+    /// users): missing ones are registered as `vks-<id>` records in systemd's userdb
+    /// (/run/userdb, gone after a reboot).
+    async fn ensure_ids(&self, ids: &Ids) -> Result<(), SystemdError>;
+    /// How exposed a loaded unit is (`systemd-analyze security`).
+    async fn exposure(&self, name: &str) -> Result<Exposure, SystemdError>;
     /// `daemon-reload`.
     async fn reload(&self) -> Result<(), SystemdError>;
     /// Queues a start job (replace mode); returns once queued.
@@ -289,6 +333,14 @@ pub fn unit_name_from_path(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposure_lines() {
+        let out = "  NAME  DESCRIPTION  EXPOSURE\n✗ UMask= Files created by service are world-readable  0.1\n\n\
+                   → Overall exposure level for vks.a.b.c.service: 2.9 OK 🙂\n";
+        assert_eq!(parse_exposure(out), Some(Exposure { score: 2.9, predicate: "OK".into() }));
+        assert_eq!(parse_exposure("Unit x.service not found, cannot analyze."), None);
+    }
 
     #[test]
     fn object_paths_round_trip() {

@@ -36,6 +36,8 @@
 //!   specifiers expanded.
 //! - `LogExtraFields=` (`config_parse_log_extra_fields`): word splitting as `Environment=`, then
 //!   specifiers.
+//! - `InaccessiblePaths=` and the other path lists (`config_parse_namespace_path_strv`): words,
+//!   unquoted, an optional `-`/`+` prefix, then specifiers and `path_simplify`.
 //! - `[X-…]` sections are not interpreted, but the line rules above still apply.
 //!
 //! Specifiers (src/shared/specifier.c): `%%` is `%`; `%` and a letter or digit is a specifier
@@ -247,6 +249,27 @@ pub fn working_directory(p: &str) -> Result<String, Unrepresentable> {
     Ok(out)
 }
 
+/// One path of a path-list setting (`InaccessiblePaths=`, `ReadWritePaths=`), after systemd's
+/// `prefix` (`-`: a missing path is not an error). systemd 252 splits these lists into words
+/// (`config_parse_namespace_path_strv`: unquoting, then specifiers, then `path_simplify`), so
+/// the normalized path is written as one double-quoted word with `%` doubled; a quote, a
+/// backslash or a control character, whose escapes that parser reads differently from the
+/// others, is refused.
+pub fn path_item(p: &str, prefix: &str) -> Result<String, Unrepresentable> {
+    let norm = normalize_path(p)?;
+    if norm.chars().any(|c| c.is_ascii_control()) {
+        return Err(Unrepresentable::Special("a control character"));
+    }
+    if let Some(c) = norm.chars().find(|c| matches!(c, '"' | '\\' | '\'')) {
+        return Err(Unrepresentable::Special(match c {
+            '"' => "a double quote",
+            '\'' => "a single quote",
+            _ => "a backslash",
+        }));
+    }
+    Ok(format!("\"{prefix}{}\"", norm.replace('%', "%%")))
+}
+
 /// An `EnvironmentFile=` path: written raw (systemd does not unquote it), normalized, `%`
 /// doubled; control characters, and blanks or a backslash at its end, are refused.
 pub fn env_file_path(p: &str) -> Result<String, Unrepresentable> {
@@ -434,6 +457,16 @@ mod tests {
         assert!(matches!(working_directory("/x\n"), Err(Unrepresentable::Special(_))));
         assert!(matches!(working_directory("/x\ty"), Err(Unrepresentable::Special(_))));
         assert_eq!(working_directory(&"/x".repeat(2048)), Err(Unrepresentable::PathTooLong));
+    }
+
+    #[test]
+    fn path_list_items() {
+        assert_eq!(path_item("/etc/vks", "-").unwrap(), r#""-/etc/vks""#);
+        assert_eq!(path_item("//var/lib/a b/50%/", "").unwrap(), r#""/var/lib/a b/50%%""#);
+        assert!(matches!(path_item("/a\"b", "-"), Err(Unrepresentable::Special(_))));
+        assert!(matches!(path_item("/a\\b", "-"), Err(Unrepresentable::Special(_))));
+        assert!(matches!(path_item("/a\nb", "-"), Err(Unrepresentable::Special(_))));
+        assert_eq!(path_item("relative", "-"), Err(Unrepresentable::NotAbsolute));
     }
 
     #[test]

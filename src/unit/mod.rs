@@ -15,6 +15,8 @@ pub mod escape;
 pub mod meta;
 pub mod name;
 pub mod resource;
+pub mod resources;
+pub mod security;
 pub mod stdin;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -57,6 +59,15 @@ pub struct NodeContext {
     pub node_name: String,
     /// The node's IP: `status.hostIP`, and `status.podIP` since pods use the host's network.
     pub node_ip: String,
+    /// How pods are confined on this node (`[security]` of the configuration).
+    pub policy: security::NodePolicy,
+}
+
+impl NodeContext {
+    /// A node with the default security policy.
+    pub fn new(node_name: impl Into<String>, node_ip: impl Into<String>) -> NodeContext {
+        NodeContext { node_name: node_name.into(), node_ip: node_ip.into(), policy: security::NodePolicy::default() }
+    }
 }
 
 /// One argument of a command line.
@@ -149,6 +160,9 @@ pub struct UnitSpec {
     /// The signal that stops the container (`KillSignal=`): `lifecycle.stopSignal`, SIGTERM by
     /// default.
     pub kill_signal: String,
+    /// Resources (cgroup settings, slices) and confinement (user, sandboxing): see
+    /// [`resources`] and [`security`].
+    pub confinement: Confinement,
 }
 
 /// Environment values from Secrets; `Debug` shows the names only.
@@ -172,6 +186,45 @@ pub fn stop_signal(c: &Container) -> Result<nix::sys::signal::Signal, SpecError>
                 c.name
             ))
         }),
+    }
+}
+
+/// A container's resources and confinement: the block of unit settings of [`resources`] and
+/// [`security`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    /// Slices and cgroup settings.
+    pub limits: resources::ContainerLimits,
+    /// User, capabilities, sandboxing.
+    pub security: security::Security,
+}
+
+impl Confinement {
+    /// Plans both for container `c` of `pod` on top of the package unit's settings `base`.
+    pub fn plan(
+        pod: &Pod,
+        c: &Container,
+        base: &[(String, String)],
+        policy: &security::NodePolicy,
+    ) -> Result<Confinement, SpecError> {
+        Ok(Confinement { limits: resources::plan(pod, c)?, security: security::plan(pod, c, base, policy)? })
+    }
+
+    /// The `[Service]` settings written for it, by name, in order (one per line).
+    pub fn keys(&self) -> Vec<String> {
+        let limits = self.limits.unit_lines();
+        let limit_keys = limits.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()));
+        limit_keys.chain(self.security.lines.iter().map(|(k, _)| k.clone())).collect()
+    }
+
+    /// The `[Service]` lines.
+    fn service_lines(&self) -> Result<String, escape::Unrepresentable> {
+        let mut s = format!("# Resources and confinement ({}):\n", self.security.summary);
+        s.push_str(&self.limits.unit_lines());
+        for (k, v) in &self.security.lines {
+            s.push_str(&directive(k, v)?);
+        }
+        Ok(s)
     }
 }
 
@@ -220,6 +273,15 @@ pub fn spec_hash(
     hex::encode(&h.finalize()[..8])
 }
 
+/// The spec hash extended with the confinement, which also depends on pod-level fields,
+/// annotations and the node's policy: a unit confined differently is a different unit.
+fn confined_hash(hash: &str, c: &Confinement) -> String {
+    let mut h = Sha256::new();
+    h.update(hash.as_bytes());
+    h.update(format!("{c:?}").as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
 /// Plans the unit for one container of `pod`. `image` says what the image runs by default and
 /// `is_executable` answers file-system questions. Every name is validated first
 /// ([`name::validate`]) and the unit is rendered once, so a pod whose values systemd could not
@@ -243,6 +305,9 @@ pub fn plan(
     let env = resolved.plain();
     let secret_env = resolved.secret();
     let executable = resolve_executable(&c.name, argv[0].text(), &env, is_executable)?;
+    // The package's unit is the base only when the container keeps the image's command.
+    let base = if c.command.as_ref().is_some_and(|v| !v.is_empty()) { Vec::new() } else { image.service.clone() };
+    let confinement = Confinement::plan(pod, c, &base, &node.policy)?;
     let env_file = if secret_env.is_empty() {
         None
     } else {
@@ -265,18 +330,18 @@ pub fn plan(
         image: c.image.clone().unwrap_or_default(),
         image_id: image.image_id.clone(),
         restart_policy: pod_policy.for_container(kind).to_string(),
-        spec_hash: spec_hash(c, kind, &executable, &hashed, image),
+        spec_hash: confined_hash(&spec_hash(c, kind, &executable, &hashed, image), &confinement),
     };
     let unit = UnitSpec {
         name: name::unit_name(&namespace, &pod_name, &c.name),
         meta,
         executable,
         argv,
-        // The package's unit is the base only when the container keeps the image's command.
-        base: if c.command.as_ref().is_some_and(|v| !v.is_empty()) { Vec::new() } else { image.service.clone() },
+        base,
         env,
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
+        confinement,
         stdin: c.stdin.unwrap_or(false),
         secret_env: SecretEnv(secret_env),
         env_file,
@@ -308,10 +373,16 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         .map(|(_, v)| v.as_str())
         .filter(|t| matches!(*t, "notify" | "forking" | "dbus" | "idle"))
         .unwrap_or("exec");
+    let confinement = &u.confinement;
+    let mut unit_lines = String::new();
+    for (k, v) in &confinement.security.unit_lines {
+        unit_lines.push_str(&directive(k, v).map_err(|e| bad(format!("the setting {k}="), e))?);
+    }
     let mut s = format!(
         "# Generated by vks from pod {ns}/{pod}; vks replaces or removes this file, do not edit it.\n\
          [Unit]\n\
          Description={description}\n\
+         {unit_lines}\
          \n\
          [Service]\n\
          Type={service_type}\n\
@@ -324,7 +395,9 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
         s.push_str(&format!("# Taken over from the unit of image {}:\n", escape::meta_value(&m.image)));
     }
     for (k, v) in &u.base {
-        let overridden = k == "Type" || (k == "WorkingDirectory" && u.working_dir.is_some());
+        let overridden = k == "Type"
+            || (k == "WorkingDirectory" && u.working_dir.is_some())
+            || confinement.security.replaced.contains(k);
         if !overridden && !v.contains('\n') {
             s.push_str(&format!("{k}={v}\n"));
         }
@@ -364,6 +437,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
             Unrepresentable::Special("a character not in a signal name"),
         ));
     }
+    s.push_str(&confinement.service_lines().map_err(|e| bad("the resource and confinement settings".into(), e))?);
     let log_field = |k: &str, v: &str| {
         escape::log_field(k, v)
             .and_then(|v| directive("LogExtraFields", &v))
@@ -418,7 +492,7 @@ mod tests {
     }
 
     fn node() -> NodeContext {
-        NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() }
+        NodeContext::new("n1", "10.0.0.5")
     }
 
     #[test]

@@ -53,7 +53,7 @@ mod tests {
     }
 
     fn node() -> NodeContext {
-        NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() }
+        NodeContext::new("n1", "10.0.0.5")
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn data(conf: &str) -> PodData {
 }
 
 fn node() -> NodeContext {
-    NodeContext { node_name: "n".into(), node_ip: "10.0.0.1".into() }
+    NodeContext::new("n", "10.0.0.1")
 }
 
 fn env(kv: &[(&str, &str)]) -> ResolvedEnv {

@@ -364,7 +364,7 @@ async fn nothing_of_a_pod_deleted_during_a_vks_crash_is_left() {
     node.exec(&["systemctl", "start", "vks"]);
     wait_for("the deleted pod's unit, files and mounts to be gone", LONG, async || {
         let left = node.sh(&format!(
-            "ls /run/systemd/system | grep '^vks\\.' ; ls -d {} {} /var/lib/vks/pods/0f000000-* /run/vks/pods/0f000000-* 2>/dev/null; \
+            "ls /run/systemd/system | grep -E '^vks\\.|^vks-.*pod' | grep -v -e '^vks\\.slice$' -e '^vks-burstable\\.slice$' -e '^vks-besteffort\\.slice$' ; ls -d {} {} /var/lib/vks/pods/0f000000-* /run/vks/pods/0f000000-* 2>/dev/null; \
              findmnt -rn -o TARGET | grep /run/vks/pods || true",
             dirs[0], dirs[1]
         ));

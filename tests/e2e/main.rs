@@ -17,6 +17,7 @@ mod k3s_join;
 mod kubelet_api;
 mod kubelet_api_auth;
 mod kubelet_api_overload;
+mod limits;
 mod node;
 mod package;
 mod pods;

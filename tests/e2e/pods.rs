@@ -47,7 +47,7 @@ fn sh(name: &str, script: &str) -> serde_json::Value {
 
 /// Units of vks in the node's unit directory.
 fn unit_files(node: &Node) -> Vec<String> {
-    node.sh("ls /run/systemd/system | grep '^vks\\.' || true").lines().map(str::to_owned).collect()
+    node.sh("ls /run/systemd/system | grep '^vks\\..*\\.service$' || true").lines().map(str::to_owned).collect()
 }
 
 #[tokio::test]
@@ -208,7 +208,7 @@ async fn bad_pods_get_clear_reasons_and_do_not_disturb_others() {
             "secret-env",
             json!({ "name": "c", "image": "/usr/bin/sleep", "args": ["9"], "env": [{ "name": "PW", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } }] }),
             "CreateContainerConfigError",
-            "env PW: secretKeyRef",
+            "secret \"s\" not found",
         ),
         (
             "nul-arg",

@@ -72,7 +72,7 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
     let node = Node::up("probe-liveness");
     let ns = Namespace::new("probe-liveness");
     let client = client().await;
-    let flag = format!("/tmp/{}-alive", ns.name);
+    let flag = format!("/run/{}-alive", ns.name);
     // Alive for 4 s. The exec probe runs in the container's context: it sees the container's
     // environment (a probe without it would fail at once).
     let mut c = sh("app", &format!("touch {flag}; sleep 4; rm -f {flag}; exec sleep 3600"));
@@ -107,7 +107,7 @@ async fn a_startup_probe_holds_liveness_back() {
     let node = Node::up("probe-startup");
     let ns = Namespace::new("probe-startup");
     let client = client().await;
-    let flag = format!("/tmp/{}-started", ns.name);
+    let flag = format!("/run/{}-started", ns.name);
     let mut c = sh("app", &format!("rm -f {flag}; sleep 6; touch {flag}; exec sleep 3600"));
     c["startupProbe"] = json!({ "exec": exec(&["test", "-e", &flag]), "periodSeconds": 1, "failureThreshold": 60 });
     // Fails at once whenever it runs: only the startup probe keeps the container alive.
@@ -178,7 +178,7 @@ async fn a_readiness_flip_is_seen_in_the_endpoint_slice_of_a_service() {
          spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: http}}]}}\n",
         ns.name
     ));
-    let dir = format!("/var/tmp/{}", ns.name);
+    let dir = format!("/run/{}", ns.name);
     node.exec(&["mkdir", "-p", &dir]);
     // An HTTP server whose /ready answers 200 while the file exists, 404 otherwise.
     let c = json!({
@@ -246,7 +246,7 @@ async fn post_start_runs_before_running_and_pre_stop_before_the_stop_signal() {
     let node = Node::up("probe-hooks");
     let ns = Namespace::new("probe-hooks");
     let client = client().await;
-    let log = format!("/tmp/{}-hooks.log", ns.name);
+    let log = format!("/run/{}-hooks.log", ns.name);
     let stamp = |what: &str| format!("echo {what} $(date +%s%N) >> {log}");
     let mut a =
         sh("a", &format!("trap '{}; exit 0' TERM; {}; while :; do sleep 0.1; done", stamp("TERM"), stamp("main-a")));
@@ -302,7 +302,7 @@ async fn termination_messages_host_aliases_and_other_operating_systems() {
     let node = Node::up("probe-messages");
     let ns = Namespace::new("probe-messages");
     let client = client().await;
-    let custom = format!("/tmp/{}-custom-message", ns.name);
+    let custom = format!("/run/{}-custom-message", ns.name);
     let mut from_custom = sh("custom", &format!("printf 'custom path' > {custom}; exit 1"));
     from_custom["terminationMessagePath"] = json!(custom);
     let mut from_log = sh("log", "echo first line; echo 'fatal: no config'; exit 3");

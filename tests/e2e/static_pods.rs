@@ -107,7 +107,9 @@ async fn standalone_manifests_come_change_break_and_go() {
     let before = records();
     node.put_file("/etc/vks/manifests/web.yaml", pod_manifest("web", "hello v2").as_bytes());
     wait_for("the changed pod to run", within(Duration::from_secs(15)), async || {
-        let logs = node.exec(&["vks", "logs", &pod, "--tail", "1"]);
+        // While the old pod is still being stopped, both are listed and `vks logs` asks which.
+        let out = node.exec_output(&["vks", "logs", &pod, "--tail", "1"]);
+        let logs = String::from_utf8_lossy(if out.status.success() { &out.stdout } else { &out.stderr }).into_owned();
         let now = main_pid(&node, &unit);
         if logs.trim() == "hello v2" && now != "0" && now != pid { Ok(()) } else { Err(format!("{logs} pid {now}")) }
     })
@@ -122,7 +124,7 @@ async fn standalone_manifests_come_change_break_and_go() {
     // Removed: stopped, its unit and record gone.
     node.exec(&["rm", "/etc/vks/manifests/web.yaml"]);
     wait_for("the pod to be gone", within(Duration::from_secs(15)), async || {
-        let units = node.sh("ls /run/systemd/system | grep '^vks\\.' || true");
+        let units = node.sh("ls /run/systemd/system | grep '^vks\\..*\\.service$' || true");
         let out = vks_pods(&node);
         if units.is_empty() && out.starts_with(&format!("No pods on node {}.", node.name)) && records().is_empty() {
             Ok(())
@@ -219,7 +221,7 @@ async fn mirror_pods_appear_track_status_and_come_back() {
     })
     .await;
     wait_for("the units to go", within(Duration::from_secs(60)), async || {
-        let units = node.sh("ls /run/systemd/system | grep '^vks\\.' || true");
+        let units = node.sh("ls /run/systemd/system | grep '^vks\\..*\\.service$' || true");
         if units.is_empty() { Ok(()) } else { Err(units) }
     })
     .await;

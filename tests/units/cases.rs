@@ -178,7 +178,10 @@ pub fn render(case: &Case) -> Outcome {
     let (c, kind) = unit::pod_containers(spec)[0];
     assert_eq!(kind, ContainerKind::App);
     let image = ImageInfo { entrypoint: vec![case.exe()], image_id: "file://rt".into(), ..ImageInfo::default() };
-    let node = NodeContext { node_name: "node-1".into(), node_ip: "192.0.2.10".into() };
+    // The round trip is about values, not sandboxing: without the hardening profile, whose
+    // PrivateTmp= would hide the cases' working directories under /tmp.
+    let mut node = NodeContext::new("node-1", "192.0.2.10");
+    node.policy.hardening = false;
     let exe = case.exe();
     let is_executable = |p: &str| p == exe || p == RECORDER_IN_PATH;
     match unit::plan(&pod, c, kind, &image, &node, &unit::ContainerData::default(), is_executable) {
@@ -292,6 +295,8 @@ fn check_unit(case: &Case, plan: &UnitSpec, text: &str) -> Result<(), String> {
     .map(|s| (*s).to_owned())
     .chain(case.env.iter().map(|_| "Environment".to_owned()))
     .chain(want.cwd.iter().map(|_| "WorkingDirectory".to_owned()))
+    // Resources and confinement: settings vks decides, none from the pod's values.
+    .chain(plan.confinement.keys())
     .collect();
     want_keys.sort();
     if keys != want_keys {

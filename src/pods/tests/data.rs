@@ -151,7 +151,7 @@ async fn volume_files_follow_their_objects_and_tokens_are_refreshed() {
 async fn directories_of_pods_gone_while_vks_was_down_are_removed() {
     let p = pod("kept", "kept-1", serde_json::json!({"containers": [{"name": "app", "image": "/bin/app"}]}));
     let systemd = Arc::new(FakeSystemd::with_clock(World::clock()));
-    let w = World::start_full(systemd, Some(std::slice::from_ref(&p)), true, &["kept-1", "gone-2"]).await;
+    let w = World::start_full(systemd, Some(std::slice::from_ref(&p)), true, &["kept-1", "gone-2"], None).await;
     w.until("the gone pod's directories are removed", |w| {
         !w.dirs.path().join("pods/gone-2").exists() && !w.dirs.path().join("run/gone-2").exists()
     })

@@ -96,6 +96,12 @@ pub(super) struct Ctr {
     /// The API says this container ran, but its unit is gone (the node rebooted): the next
     /// start counts as a restart, as the kubelet counts a container lost with its sandbox.
     pub lost_run: Option<ContainerStateTerminated>,
+    /// The run (start and exit time) the kernel's OOM killer ended (seen on cgroup v1).
+    pub oom_exit: Option<(u64, u64)>,
+    /// The resource settings the running unit was started or resized with.
+    pub applied: Option<crate::unit::resources::ContainerLimits>,
+    /// The container was stopped for a resize: it starts again at once when it exits.
+    pub resize_restart: bool,
     /// Its probes (`probe.rs`).
     pub probes: Vec<super::probe::ProbeState>,
     /// Its postStart hook (`hooks.rs`).
@@ -155,6 +161,9 @@ impl Ctr {
             image_failures: 0,
             observed_exit: None,
             lost_run,
+            oom_exit: None,
+            applied: None,
+            resize_restart: false,
             probes: Vec::new(),
             post_start: Default::default(),
             stopping: None,
@@ -169,6 +178,11 @@ impl Ctr {
         match self.unit_status.as_ref().map_or(UnitRun::NotStarted, status::unit_run) {
             UnitRun::NotStarted => self.observed_exit.clone().map_or(UnitRun::NotStarted, UnitRun::Exited),
             UnitRun::Exited(mut t) => {
+                if self.oom_exit.is_some()
+                    && self.oom_exit == self.unit_status.as_ref().map(|s| (s.started_usec, s.exited_usec))
+                {
+                    t.reason = Some("OOMKilled".into());
+                }
                 let run = self.unit_status.as_ref().map_or(0, |s| s.started_usec);
                 if let Some((_, m)) = self.message.as_ref().filter(|(r, _)| *r == run) {
                     t.message = Some(m.clone());

@@ -169,6 +169,14 @@ impl Worker {
             self.block(i, WaitingReason::ContainerCreating, message, std::time::Duration::from_secs(1));
             return;
         }
+        if let Err((reason, message)) = self.prepare(&plan).await {
+            if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != message) {
+                log::warn!(pod = self.id.to_string().as_str(); "pod {}: {message}", self.id);
+                self.event(EventType::Warning, "Failed", format!("Error: {message}"));
+            }
+            self.block(i, reason, message, CREATE_RETRY);
+            return;
+        }
         if let Err(message) = self.pod_files(i, &mut plan).await {
             if self.ctrs[i].blocked.as_ref().is_none_or(|b| b.message != message) {
                 log::warn!(pod = self.id.to_string().as_str(); "pod {}: {message}", self.id);
@@ -179,6 +187,7 @@ impl Worker {
         }
         self.ctrs[i].blocked = None;
         let sd = self.shared.systemd.clone();
+        let mut wrote = false;
         let unit = plan.name.clone();
         let ran_before = self.ctrs[i].exited().is_some() || self.ctrs[i].restart_at.is_some();
         if self.ctrs[i].written.as_deref() != Some(plan.meta.spec_hash.as_str()) {
@@ -195,6 +204,7 @@ impl Worker {
                 return;
             }
             self.ctrs[i].written = Some(plan.meta.spec_hash.clone());
+            wrote = true;
             // A unit systemd still has loaded from an earlier file needs a reload to see the new
             // one; a unit it never loaded is read fresh at start.
             if maybe_loaded
@@ -227,6 +237,7 @@ impl Worker {
                     c.restart_count += 1;
                 }
                 c.adopted_image_id = Some(plan.meta.image_id.clone());
+                c.applied = Some(plan.confinement.limits.clone());
                 c.restart_at = None;
                 c.observed_exit = None;
                 c.start_error = None;
@@ -244,7 +255,11 @@ impl Worker {
                 });
                 c.stale = false;
                 let note = format!("{what} container {} (unit {unit})", c.spec.name);
+                let name = c.spec.name.clone();
                 self.event(EventType::Normal, "Started", note);
+                if wrote {
+                    self.report_exposure(&unit, &name, &plan.confinement.security.summary);
+                }
             }
             Err(e) => {
                 let msg = format!("starting unit {unit}: {e}");

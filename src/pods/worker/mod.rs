@@ -20,6 +20,7 @@
 //! - `hooks.rs`: postStart hooks;
 //! - `publish.rs`: the status as the API sees it, and the patch.
 
+mod confine;
 mod container;
 mod data;
 mod deadline;
@@ -27,10 +28,11 @@ mod hooks;
 mod launch;
 mod probe;
 mod publish;
+mod resize;
 mod stop;
 mod terminate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -93,6 +95,21 @@ pub struct Shared {
     /// Unit names whose pod was removed: systemd may still have them loaded, so a new unit file
     /// under such a name needs a check for `NeedDaemonReload`.
     released: Mutex<HashSet<String>>,
+    /// Node allocatable, against which pods are admitted (none: no resource check).
+    allocatable: Option<crate::unit::resources::NodeAllocatable>,
+    /// Whether each container's `systemd-analyze security` exposure is reported as an event.
+    report_exposure: bool,
+    /// The node-level slices (`vks.slice` and the QoS slices), as (name, file).
+    pub(super) node_slices: Vec<(String, String)>,
+    /// What the admitted, not yet finished pods request, by UID.
+    admitted: Mutex<BTreeMap<String, Admitted>>,
+}
+
+/// What an admitted pod holds of node allocatable.
+#[derive(Debug, Clone, Default)]
+struct Admitted {
+    requests: crate::unit::resources::Amounts,
+    extended: BTreeMap<String, u64>,
 }
 
 impl Shared {
@@ -134,6 +151,10 @@ impl Shared {
             logs: Arc::new(super::termination::JournalTail),
             owners: Mutex::default(),
             released: Mutex::default(),
+            allocatable: None,
+            report_exposure: false,
+            node_slices: crate::unit::resources::node_slices(&Default::default(), None),
+            admitted: Mutex::default(),
         }
     }
 
@@ -245,7 +266,9 @@ pub struct Worker {
     /// The phase and container states last reported (for vks's own metrics).
     reported: (Option<String>, Vec<&'static str>),
     /// Why the pod was rejected at admission (reason, message): it never runs here.
-    rejected: Option<(&'static str, String)>,
+    rejected: Option<(String, String)>,
+    /// The pod's in-place resize as the status shows it (see `resize.rs`).
+    resize: resize::ResizeState,
     /// The pod ran longer than its `activeDeadlineSeconds`: it stops and fails.
     deadline_exceeded: bool,
     /// A run is known from the Service interface's signal but not yet its InvocationID (the
@@ -306,7 +329,7 @@ impl Worker {
         let frozen = terminal && adopted.is_empty();
         let first_publish_hold =
             api_status.container_statuses.is_none().then(|| Instant::now() + publish::FIRST_STATUS_HOLD);
-        let rejected = (!terminal && adopted.is_empty()).then(|| super::fields::admission(&pod)).flatten();
+        let rejected = if terminal { None } else { shared.admit(&pod, adopted.is_empty()) };
         if rejected.is_none() && !terminal {
             for w in super::fields::warnings(&pod) {
                 log::warn!(pod = id.to_string().as_str(); "pod {id}: {w}");
@@ -328,6 +351,7 @@ impl Worker {
             first_publish_hold,
             read_retry: None,
             rejected,
+            resize: resize::ResizeState::default(),
             reported: (None, Vec::new()),
             deadline_exceeded: false,
             id_wait: None,
@@ -506,7 +530,10 @@ impl Worker {
             self.check_terminal();
         }
         if self.terminal {
+            self.shared.leave(&self.id.uid);
             self.stop_sidecars().await;
+        } else {
+            self.resize().await;
         }
         self.publish().await
     }
@@ -533,14 +560,20 @@ impl Worker {
             if let Some(h) = stopped.as_ref().and_then(|s| s.pre_stop.as_ref()) {
                 h.abort();
             }
+            let forced = self.ctrs[i].resize_restart && !deleting;
             let c = &self.ctrs[i];
-            let restart = !deleting
-                && !self.terminal
-                && match stopped.map(|s| s.why).filter(|w| w.restarts()) {
-                    Some(_) => c.policy != RestartPolicy::Never,
-                    None => c.policy.restarts_after(t.exit_code),
-                };
-            let mut t = t;
+            let restart = forced
+                || (!deleting
+                    && !self.terminal
+                    && match stopped.map(|s| s.why).filter(|w| w.restarts()) {
+                        Some(_) => c.policy != RestartPolicy::Never,
+                        None => c.policy.restarts_after(t.exit_code),
+                    });
+            if !deleting {
+                self.check_oom(i, run_key).await;
+            }
+            let mut t = self.ctrs[i].exited().unwrap_or(t);
+            let c = &self.ctrs[i];
             let file = super::termination::message_file(&self.shared.pod_dir, &self.id.uid, &c.spec.name);
             let invocation = c.unit_status.as_ref().map(|s| s.invocation_id.clone()).unwrap_or_default();
             let message =
@@ -553,9 +586,10 @@ impl Worker {
             }
             c.handled_exit = Some(run_key);
             c.observed_exit = Some(t.clone());
+            c.resize_restart = false;
             if restart {
                 let finished = system_time(&t).unwrap_or(now);
-                c.restart_at = Some(now + c.backoff.delay(finished, now));
+                c.restart_at = Some(if forced { now } else { now + c.backoff.delay(finished, now) });
             }
             if t.exit_code != 0 {
                 log::info!(

@@ -175,8 +175,10 @@ impl Worker {
             now: self.shared.clock.timestamp(),
             failed: self.deadline_exceeded.then_some((super::deadline::REASON, super::deadline::MESSAGE)),
         };
-        let status = status::pod_status(&facts, &views);
-        let body = patch_body(&status);
+        let mut status = status::pod_status(&facts, &views);
+        let ended = self.resize_status(&mut status);
+        status.observed_generation = self.pod.metadata.generation;
+        let body = patch_body(&status, &ended);
         if self.last_status.as_ref() == Some(&body) {
             return Flow::Continue;
         }
@@ -230,13 +232,16 @@ impl Worker {
 
     /// The status of a pod rejected at admission: Failed, with the kubelet's reason; no
     /// container ever ran.
-    pub(super) async fn publish_rejected(&mut self, reason: &'static str, message: String) -> Flow {
+    pub(super) async fn publish_rejected(&mut self, reason: String, message: String) -> Flow {
+        // No container status is coming to wait for (a hold left set would wake the worker
+        // at once, forever).
+        self.first_publish_hold = None;
         if self.last_status.is_some() || self.status_retry.is_some_and(|t| t > Instant::now()) {
             return Flow::Continue;
         }
         let status = k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Failed".into()),
-            reason: Some(reason.into()),
+            reason: Some(reason.clone()),
             message: Some(message.clone()),
             ..Default::default()
         };
@@ -244,7 +249,7 @@ impl Worker {
         match self.shared.api.patch_status(&self.id, &body).await {
             Ok(_) => {
                 log::warn!(pod = self.id.to_string().as_str(); "pod {} rejected: {message}", self.id);
-                self.event(crate::events::EventType::Warning, reason, message);
+                self.event(crate::events::EventType::Warning, &reason, message);
                 self.last_status = Some(body);
                 self.terminal = true;
             }
@@ -261,7 +266,7 @@ impl Worker {
 /// The status as a strategic-merge patch body. Container status lists are atomic in the API
 /// (a patch replaces them whole); conditions merge by type, so each carries every field
 /// explicitly and nothing stale survives from an earlier status.
-fn patch_body(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::Value {
+fn patch_body(status: &k8s_openapi::api::core::v1::PodStatus, ended: &[&str]) -> serde_json::Value {
     let mut v = serde_json::to_value(status).unwrap_or_default();
     if let Some(serde_json::Value::Array(conds)) = v.get_mut("conditions") {
         for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
@@ -269,6 +274,8 @@ fn patch_body(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::Val
                 c.entry(k).or_insert(serde_json::Value::Null);
             }
         }
+        // Conditions that ended (an in-place resize's) are deleted by type.
+        conds.extend(ended.iter().map(|t| serde_json::json!({"type": t, "$patch": "delete"})));
     }
     v
 }

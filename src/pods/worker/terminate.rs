@@ -168,6 +168,9 @@ impl Worker {
             }
             let _ = sd.reset_failed(&c.unit).await;
         }
+        if !self.remove_slices().await {
+            return false;
+        }
         self.release_data().await;
         for c in &mut self.ctrs {
             c.written = None;
@@ -176,6 +179,7 @@ impl Worker {
     }
 
     pub(super) fn finish(&mut self) -> Flow {
+        self.shared.leave(&self.id.uid);
         self.shared.objects.release(&self.id.uid);
         for c in &self.ctrs {
             self.shared.release(&c.unit, &self.id.uid);

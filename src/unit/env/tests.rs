@@ -16,7 +16,7 @@ fn pod() -> Pod {
 }
 
 fn node() -> NodeContext {
-    NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() }
+    NodeContext::new("n1", "10.0.0.5")
 }
 
 fn obj(kind: Kind, name: &str, kv: &[(&str, &str)]) -> (ObjKey, ObjState) {

@@ -13,7 +13,7 @@ fn pod(volumes: serde_json::Value, fs_group: Option<i64>) -> Pod {
 }
 
 fn node() -> NodeContext {
-    NodeContext { node_name: "n1".into(), node_ip: "10.0.0.5".into() }
+    NodeContext::new("n1", "10.0.0.5")
 }
 
 fn data() -> PodData {

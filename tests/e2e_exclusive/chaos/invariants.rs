@@ -47,13 +47,14 @@ pub(super) fn unit_files(node: &Node) -> Vec<UnitFile> {
     out
 }
 
-/// Loaded vks units of pods (not vks itself): name -> ActiveState.
+/// Loaded vks services of pods (not vks itself, not the slices): name -> ActiveState.
 pub(super) fn loaded_units(node: &Node) -> BTreeMap<String, String> {
     let out = node.exec(&["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full", "vks.*"]);
     out.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4 && f[0] != "vks.service").then(|| (f[0].to_owned(), f[2].to_owned()))
+            (f.len() >= 4 && f[0] != "vks.service" && f[0].ends_with(".service"))
+                .then(|| (f[0].to_owned(), f[2].to_owned()))
         })
         .collect()
 }
