@@ -24,10 +24,11 @@ import (
 // no session; with --direct-fallback (the default here) the supervisor dials it directly, so
 // nodes that joined without a tunnel (bootstrap-token nodes of the other tests) stay reachable.
 //
-// The test bed's own rule: direct dials go to loopback addresses only. Every address of the test
-// bed that the root network namespace can reach is a loopback address; any other one (a node in
-// its own network namespace, 10.77.0.K) has no route here and would leave the machine by its
-// default route, so it is refused (such nodes are reached through their tunnel).
+// The test bed's own rule: direct dials go to loopback addresses (and "localhost") only. Every
+// address of the test bed that the root network namespace can reach is a loopback address; any
+// other one (a node in its own network namespace, 10.77.0.K) has no route here and would leave
+// the machine by its default route, so it is refused (such nodes are reached through their
+// tunnel).
 type tunnel struct {
 	server   *remotedialer.Server
 	nodes    *nodeWatch
@@ -120,7 +121,9 @@ func (t *tunnel) dialBackend(ctx context.Context, addr string) (net.Conn, error)
 	} else {
 		log.Printf("Tunnel server egress proxy dialing %s directly", addr)
 	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+	// "localhost" is the one name the test bed uses (the metrics-server APIService's
+	// ExternalName Service); it is not resolved through DNS, which could leave the machine.
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		log.Printf("Tunnel server egress proxy refusing to dial %s directly: not a loopback address", addr)
 		return nil, errors.New("the test bed dials only loopback addresses directly; " + addr + " is not one")
 	}

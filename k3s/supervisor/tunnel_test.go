@@ -23,6 +23,12 @@ func TestDirectDialsAreLoopbackOnly(t *testing.T) {
 		t.Fatalf("dialing a loopback address: %v", err)
 	}
 	c.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	c, err = tun.dialBackend(context.Background(), net.JoinHostPort("localhost", port))
+	if err != nil {
+		t.Fatalf("dialing localhost: %v", err)
+	}
+	c.Close()
 	for _, addr := range []string{"10.77.0.9:8080", "192.0.2.1:443", "example.invalid:80"} {
 		if _, err := tun.dialBackend(context.Background(), addr); err == nil || !strings.Contains(err.Error(), "not one") {
 			t.Errorf("dialing %s: want a refusal, got %v", addr, err)
