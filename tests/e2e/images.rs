@@ -175,7 +175,7 @@ async fn packages_install_without_starting_and_run_with_their_own_unit() {
         delete_pod(&client, &ns.name, p, None).await;
     }
     wait_for("the pods' units to be gone", Duration::from_secs(60), async || {
-        let left = node.sh("ls /run/systemd/system | grep '^vks\\.' || true");
+        let left = node.sh("ls /run/systemd/system | grep '^vks\\..*\\.service$' || true");
         if left.trim().is_empty() { Ok(()) } else { Err(left) }
     })
     .await;
