@@ -326,8 +326,10 @@ fn same_host(a: &str, b: &str) -> bool {
 }
 
 /// How long discovery waits for the bootstrap signer to sign cluster-info for a token that was
-/// just created.
-const SIGNATURE_WAIT: Duration = Duration::from_secs(10);
+/// just created (the controller manager signs it when it sees the token; after an API server
+/// restart its watches take a while to come back). kubeadm waits up to 5 minutes; a token the
+/// cluster really does not know is refused after this.
+const SIGNATURE_WAIT: Duration = Duration::from_secs(60);
 
 async fn bootstrap_join(s: &Settings, token: &Token, hash: &str) -> Result<(), JoinError> {
     let start = Instant::now();
@@ -336,6 +338,12 @@ async fn bootstrap_join(s: &Settings, token: &Token, hash: &str) -> Result<(), J
             Err(JoinError::WrongToken { detail, .. })
                 if detail.contains("has no signature") && start.elapsed() < SIGNATURE_WAIT =>
             {
+                if start.elapsed().as_secs().is_multiple_of(15) {
+                    log::info!(
+                        "{detail}; waiting up to {}s for the cluster's bootstrap signer to sign it",
+                        SIGNATURE_WAIT.as_secs()
+                    );
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             r => break r?,

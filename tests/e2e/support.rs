@@ -289,10 +289,16 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Creates a namespace named after the test.
+    /// Creates a namespace named after the test, and waits (30 s at most) for the controller
+    /// manager to give it its `default` service account, without which no pod can be created.
     pub fn new(test: &str) -> Namespace {
         let name = format!("t-{}", node_name(test));
         kubectl(&["create", "namespace", &name]);
+        let deadline = std::time::Instant::now() + within(Duration::from_secs(30));
+        while !kubectl_output(&["-n", &name, "get", "serviceaccount", "default"]).status.success() {
+            assert!(std::time::Instant::now() < deadline, "namespace {name} got no default service account");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Namespace { name }
     }
 }
