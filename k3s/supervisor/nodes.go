@@ -38,18 +38,26 @@ func (w *nodeWatch) list() []*corev1.Node {
 	return out
 }
 
-// byIP finds the Node with this InternalIP or ExternalIP, and its kubelet port (the tunnel
+// byIP finds the Node with this InternalIP or ExternalIP (one for which preferred holds, if any),
+// and its kubelet port (the tunnel
 // server's CIDR ranger of node addresses, pkg/daemons/control/tunnel.go onChangeNode).
-func (w *nodeWatch) byIP(ip string) (name, kubeletPort string, found bool) {
+func (w *nodeWatch) byIP(ip string, preferred func(name string) bool) (name, kubeletPort string, found bool) {
 	for _, n := range w.list() {
 		if n.DeletionTimestamp != nil {
 			continue
 		}
 		for _, a := range n.Status.Addresses {
 			if (a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP) && a.Address == ip {
-				return n.Name, strconv.Itoa(int(n.Status.DaemonEndpoints.KubeletEndpoint.Port)), true
+				// Several Nodes may carry one address (a node gone without its Node object being
+				// deleted, and a new one at its address): the one with a tunnel session wins.
+				if !found || preferred(n.Name) {
+					name, kubeletPort, found = n.Name, strconv.Itoa(int(n.Status.DaemonEndpoints.KubeletEndpoint.Port)), true
+				}
+				if preferred(n.Name) {
+					return name, kubeletPort, true
+				}
 			}
 		}
 	}
-	return "", "", false
+	return name, kubeletPort, found
 }

@@ -98,7 +98,7 @@ func (t *tunnel) dialBackend(ctx context.Context, addr string) (net.Conn, error)
 	var nodeName string
 	toKubelet := false
 	if ip := net.ParseIP(host); ip != nil {
-		if name, kubeletPort, found := t.nodes.byIP(ip.String()); found {
+		if name, kubeletPort, found := t.nodes.byIP(ip.String(), t.server.HasSession); found {
 			nodeName = name
 			toKubelet = port == kubeletPort
 		}
