@@ -39,8 +39,8 @@ func (w *nodeWatch) list() []*corev1.Node {
 }
 
 // byIP finds the Node with this InternalIP or ExternalIP (one for which preferred holds, if any),
-// and its kubelet port (the tunnel
-// server's CIDR ranger of node addresses, pkg/daemons/control/tunnel.go onChangeNode).
+// and its kubelet port (the tunnel server's CIDR ranger of node addresses,
+// pkg/daemons/control/tunnel.go onChangeNode).
 func (w *nodeWatch) byIP(ip string, preferred func(name string) bool) (name, kubeletPort string, found bool) {
 	for _, n := range w.list() {
 		if n.DeletionTimestamp != nil {
