@@ -92,6 +92,12 @@ pub struct PackagedService {
     pub settings: Vec<(String, String)>,
 }
 
+/// The `[Service]` assignments of a unit file, in order, continuation lines joined (what the
+/// exec and probe drop-ins copy from a container's unit).
+pub fn service_settings(text: &str) -> Vec<(String, String)> {
+    assignments(text).into_iter().filter(|(s, _, _)| s == "Service").map(|(_, k, v)| (k, v)).collect()
+}
+
 /// Joins continuation lines and returns (section, key, value) assignments in order.
 fn assignments(text: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();

@@ -117,33 +117,7 @@ fn copied(key: &str) -> bool {
     COPIED.contains(&key) || ["Limit", "Protect", "Private"].iter().any(|p| key.starts_with(p))
 }
 
-/// The `[Service]` assignments of a unit file, in order, continuation lines joined.
-pub fn service_settings(file: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut section = String::new();
-    let mut pending = String::new();
-    for raw in file.lines() {
-        let line = raw.trim();
-        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with(';')) {
-            continue;
-        }
-        if let Some(stripped) = line.strip_suffix('\\') {
-            pending.push_str(stripped);
-            pending.push(' ');
-            continue;
-        }
-        pending.push_str(line);
-        let full = std::mem::take(&mut pending);
-        if full.starts_with('[') && full.ends_with(']') {
-            section = full[1..full.len() - 1].to_owned();
-        } else if section == "Service"
-            && let Some((k, v)) = full.split_once('=')
-        {
-            out.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    out
-}
+pub use crate::images::unitfile::service_settings;
 
 /// The drop-in that gives a transient unit the context of container unit `unit` (whose file is
 /// `file`), and the container's `Slice=` if it has one. `JoinsNamespaceOf=` shares the
