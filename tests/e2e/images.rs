@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use serde_json::json;
 
+use super::data::events;
 use super::debs::{self, Fixture};
 use super::support::*;
 
@@ -42,21 +43,6 @@ async fn wait_waiting(client: &kube::Client, ns: &str, pod: &str, c: &str, reaso
         }
     })
     .await
-}
-
-/// `reason|message` of the events about a pod.
-fn events(ns: &str, pod: &str) -> Vec<String> {
-    let out = kubectl(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        &format!("involvedObject.name={pod}"),
-        "-o",
-        "jsonpath={range .items[*]}{.reason}|{.message}{\"\\n\"}{end}",
-    ]);
-    out.lines().map(str::to_owned).collect()
 }
 
 async fn wait_event(ns: &str, pod: &str, reason: &str, needle: &str) -> String {
