@@ -238,8 +238,12 @@ async fn config_map_and_secret_updates_reach_the_files_atomically() {
         .await;
         latencies.push(t0.elapsed());
     }
-    // Let the reader run over the last swap for a while.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The reader runs on over the last swap for a while, and keeps running.
+    hold_for("the reader running over the last swap", Duration::from_secs(2), async || {
+        let state = node.unit_prop(&unit, "ActiveState");
+        if state == "active" { Ok(()) } else { Err(format!("the reader's unit is {state}")) }
+    })
+    .await;
     let log = journal(&node, &unit);
     let reads = log.lines().filter_map(|l| l.strip_prefix("READS ")).next_back().unwrap_or("0").to_owned();
     println!("update latencies: {latencies:?}; the reader read {reads} times");
