@@ -86,6 +86,22 @@ impl LogTail for JournalTail {
         if invocation_id.is_empty() || !invocation_id.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(format!("invalid invocation ID {invocation_id:?}"));
         }
+        // The run's last lines may still sit in journald's stdout stream socket when the unit
+        // has already ended: `--sync` is handled by journald after all input queued before it,
+        // so the lines read below are all of them.
+        let sync = tokio::process::Command::new("journalctl")
+            .arg("--sync")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(JOURNAL_TIMEOUT, sync).await {
+            Ok(Ok(s)) if s.success() => {}
+            Ok(Ok(s)) => log::debug!("journalctl --sync: {s}"),
+            Ok(Err(e)) => log::debug!("running journalctl --sync: {e}"),
+            Err(_) => log::debug!("journalctl --sync did not answer within {}s", JOURNAL_TIMEOUT.as_secs()),
+        }
         let out = tokio::process::Command::new("journalctl")
             .args(["--no-pager", "--quiet", "-o", "cat", "-n", &lines.to_string()])
             .arg(format!("_SYSTEMD_INVOCATION_ID={invocation_id}"))
