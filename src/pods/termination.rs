@@ -10,13 +10,17 @@
 //! - `etc-hosts`: with `hostAliases`, the node's `/etc/hosts` plus the aliases (the kubelet's
 //!   host-network format), bind-mounted read-only at `/etc/hosts`.
 //!
-//! The content rules are pure; [`JournalTail`] runs `journalctl`.
+//! The content rules are pure; [`JournalTail`] runs `journalctl` (through the kubelet API's
+//! journal reader, which knows how a run's lines are found).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Container, HostAlias};
+
+pub use crate::kubelet_api::logs::journal::Run;
 
 /// The most of a termination message file kept (the kubelet's 4 KiB).
 pub const MAX_MESSAGE: usize = 4096;
@@ -70,11 +74,12 @@ pub fn hosts_content(node_hosts: &str, aliases: &[HostAlias]) -> String {
 /// The last lines a container's run wrote.
 #[async_trait]
 pub trait LogTail: Send + Sync + 'static {
-    /// The last `lines` lines of the run with this invocation ID.
-    async fn tail(&self, invocation_id: &str, lines: usize) -> Result<String, String>;
+    /// The last `lines` lines of `run`.
+    async fn tail(&self, run: &Run, lines: usize) -> Result<String, String>;
 }
 
-/// [`LogTail`] from the journal (`journalctl -o cat`).
+/// [`LogTail`] from the journal: the run's lines, read by its unit and filtered as
+/// [`Run::owns`] says (its last lines may lack the invocation ID).
 pub struct JournalTail;
 
 /// How long reading the journal may take.
@@ -82,10 +87,7 @@ const JOURNAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl LogTail for JournalTail {
-    async fn tail(&self, invocation_id: &str, lines: usize) -> Result<String, String> {
-        if invocation_id.is_empty() || !invocation_id.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("invalid invocation ID {invocation_id:?}"));
-        }
+    async fn tail(&self, run: &Run, lines: usize) -> Result<String, String> {
         // The run's last lines may still sit in journald's stdout stream socket when the unit
         // has already ended: `--sync` is handled by journald after all input queued before it,
         // so the lines read below are all of them.
@@ -102,15 +104,26 @@ impl LogTail for JournalTail {
             Ok(Err(e)) => log::debug!("running journalctl --sync: {e}"),
             Err(_) => log::debug!("journalctl --sync did not answer within {}s", JOURNAL_TIMEOUT.as_secs()),
         }
-        let out = tokio::process::Command::new("journalctl")
-            .args(["--no-pager", "--quiet", "-o", "cat", "-n", &lines.to_string()])
-            .arg(format!("_SYSTEMD_INVOCATION_ID={invocation_id}"))
-            .kill_on_drop(true)
-            .output();
-        match tokio::time::timeout(JOURNAL_TIMEOUT, out).await {
-            Ok(Ok(o)) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-            Ok(Ok(o)) => Err(format!("journalctl: {}", String::from_utf8_lossy(&o.stderr).trim())),
-            Ok(Err(e)) => Err(format!("running journalctl: {e}")),
+        let read = async {
+            let mut reader = run.query(None).spawn().map_err(|e| format!("running journalctl: {e}"))?;
+            let mut last: VecDeque<Vec<u8>> = VecDeque::with_capacity(lines);
+            while let Some(e) = reader.next().await.map_err(|e| e.to_string())? {
+                if !run.owns(&e) || lines == 0 {
+                    continue;
+                }
+                if last.len() == lines {
+                    last.pop_front();
+                }
+                let mut line = e.message;
+                if e.ends_line {
+                    line.push(b'\n');
+                }
+                last.push_back(line);
+            }
+            Ok::<_, String>(String::from_utf8_lossy(&last.into_iter().flatten().collect::<Vec<u8>>()).into_owned())
+        };
+        match tokio::time::timeout(JOURNAL_TIMEOUT, read).await {
+            Ok(r) => r,
             Err(_) => Err(format!("journalctl did not answer within {}s", JOURNAL_TIMEOUT.as_secs())),
         }
     }
@@ -122,8 +135,8 @@ pub struct FakeLogs(pub std::sync::Mutex<std::collections::HashMap<String, Strin
 
 #[async_trait]
 impl LogTail for FakeLogs {
-    async fn tail(&self, invocation_id: &str, lines: usize) -> Result<String, String> {
-        let text = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(invocation_id).cloned().unwrap_or_default();
+    async fn tail(&self, run: &Run, lines: usize) -> Result<String, String> {
+        let text = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&run.invocation).cloned().unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         Ok(all[all.len().saturating_sub(lines)..].iter().map(|l| format!("{l}\n")).collect())
     }
@@ -131,13 +144,7 @@ impl LogTail for FakeLogs {
 
 /// The termination message of a run that ended with `exit_code`: the file's content (its last
 /// 4 KiB), or with the log fallback the log's tail. `None` when there is none.
-pub async fn read_message(
-    file: &Path,
-    c: &Container,
-    exit_code: i32,
-    invocation_id: &str,
-    logs: &dyn LogTail,
-) -> Option<String> {
+pub async fn read_message(file: &Path, c: &Container, exit_code: i32, run: &Run, logs: &dyn LogTail) -> Option<String> {
     let data = match tokio::fs::read(file).await {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -149,11 +156,11 @@ pub async fn read_message(
     if !falls_back_to_logs(c) || exit_code == 0 {
         return None;
     }
-    match logs.tail(invocation_id, MAX_LOG_LINES).await {
+    match logs.tail(run, MAX_LOG_LINES).await {
         Ok(text) if !text.is_empty() => Some(tail(text.as_bytes(), MAX_LOG_BYTES)),
         Ok(_) => None,
         Err(e) => {
-            log::warn!("reading the log of invocation {invocation_id} for its termination message: {e}");
+            log::warn!("reading the log of run {} of {} for its termination message: {e}", run.invocation, run.unit);
             None
         }
     }
@@ -200,13 +207,21 @@ mod tests {
         logs.0.lock().unwrap().insert("abc".into(), text);
         let plain = container(serde_json::json!({"name": "c"}));
         let fallback = container(serde_json::json!({"name": "c", "terminationMessagePolicy": "FallbackToLogsOnError"}));
-        assert_eq!(read_message(&file, &plain, 1, "abc", &logs).await, None);
-        let m = read_message(&file, &fallback, 1, "abc", &logs).await.unwrap();
+        let run = Run {
+            unit: "vks.ns.p.c.service".into(),
+            pod_uid: "u".into(),
+            invocation: "abc".into(),
+            started_us: 1,
+            until_us: None,
+        };
+        let run = &run;
+        assert_eq!(read_message(&file, &plain, 1, run, &logs).await, None);
+        let m = read_message(&file, &fallback, 1, run, &logs).await.unwrap();
         assert!(m.starts_with("line 21\n") && m.ends_with("line 100\n"), "{m}");
-        assert_eq!(read_message(&file, &fallback, 0, "abc", &logs).await, None, "only after an error");
+        assert_eq!(read_message(&file, &fallback, 0, run, &logs).await, None, "only after an error");
         prepare_message_file(&file).await.unwrap();
         std::fs::write(&file, "x".repeat(5000) + "end").unwrap();
-        let m = read_message(&file, &fallback, 1, "abc", &logs).await.unwrap();
+        let m = read_message(&file, &fallback, 1, run, &logs).await.unwrap();
         assert_eq!((m.len(), m.ends_with("end")), (MAX_MESSAGE, true));
         prepare_message_file(&file).await.unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), b"");

@@ -208,6 +208,35 @@ async fn logs_of_the_previous_run_and_a_follow_that_ends_with_the_container() {
     assert!(String::from_utf8_lossy(&none.stderr).contains("previous terminated container"), "{none:?}");
 }
 
+/// Runs that end at once: journald may read their lines after the unit stopped, without the
+/// run's invocation ID (a container printing and exiting in a crash loop lost them all before
+/// vks read such lines by their window). They are still the run's lines, and only its.
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
+async fn logs_of_runs_that_end_at_once() {
+    let node = Node::up("logs-instant");
+    let ns = Namespace::new("logs-instant");
+    let client = client().await;
+    let spec = json!({ "restartPolicy": "Never", "automountServiceAccountToken": false,
+                       "containers": [sh("c", "echo one; echo two; exit 3")] });
+    create_pod(&client, &ns.name, pod("instant", &node, spec)).await;
+    wait_phase(&client, &ns.name, "instant", "Failed", LONG).await;
+    assert_eq!(logs(&ns.name, &["instant"]), "one\ntwo\n");
+    let spec = json!({ "containers": [sh("quick", "echo \"run $$$$\"; echo \"end $$$$\"; exit 3")] });
+    create_pod(&client, &ns.name, pod("quick", &node, spec)).await;
+    wait_for("two restarts", LONG, async || {
+        let p = get_pod(&client, &ns.name, "quick").await.ok_or("no pod")?;
+        if restart_count(&p, "quick") >= 2 { Ok(()) } else { Err(format!("{:?}", p.status)) }
+    })
+    .await;
+    for args in [&["quick"][..], &["quick", "--previous"]] {
+        let out = logs(&ns.name, args);
+        let lines: Vec<&str> = out.lines().collect();
+        let pid = lines.first().and_then(|l| l.strip_prefix("run ")).unwrap_or("?");
+        assert_eq!(lines, [format!("run {pid}"), format!("end {pid}")], "kubectl logs {args:?}: one whole run");
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the test cluster and systemd nodes: run tests/run"]
 async fn a_recreated_pod_shows_only_its_own_lines() {

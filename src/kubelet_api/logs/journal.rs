@@ -132,6 +132,60 @@ pub async fn next_entry<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<O
     }
 }
 
+/// One run of a container, as its lines are found in the journal.
+///
+/// journald stamps a line with the run's `_SYSTEMD_INVOCATION_ID` only while systemd still
+/// publishes the unit's invocation (`/run/systemd/units/invocation:<unit>`, removed when the unit
+/// stops): the last lines of a run that ends quickly are often read by journald after that, and
+/// come without it (seen on systemd 252). They still carry `_SYSTEMD_UNIT` (journald takes it
+/// from the stream when the process is gone), and usually `VKS_POD_UID`. Such a line belongs to
+/// the run whose window holds its time: from the run's start to the next run's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The container's unit.
+    pub unit: String,
+    /// The pod's UID.
+    pub pod_uid: String,
+    /// The run's InvocationID.
+    pub invocation: String,
+    /// When the run started, µs since the epoch (0: unknown; lines without an invocation ID
+    /// then need the pod UID).
+    pub started_us: u64,
+    /// When the next run started (the end of the window), if one did.
+    pub until_us: Option<u64>,
+}
+
+impl Run {
+    /// Whether `e` is a line of this run.
+    pub fn owns(&self, e: &Entry) -> bool {
+        match &e.invocation {
+            Some(i) => *i == self.invocation,
+            None => {
+                let uid_ok = match e.pod_uid.as_deref() {
+                    Some(u) => u == self.pod_uid,
+                    None => self.started_us > 0,
+                };
+                uid_ok
+                    && e.unit.as_deref().is_none_or(|u| u == self.unit)
+                    && e.realtime_us >= self.started_us
+                    && self.until_us.is_none_or(|u| e.realtime_us < u)
+            }
+        }
+    }
+
+    /// The query of a run that ended: every line of the unit from the run's start (or `since`,
+    /// when later), to be filtered with [`Run::owns`].
+    pub fn query(&self, since_us: Option<u64>) -> Query {
+        let since = since_us.unwrap_or(0).max(self.started_us);
+        Query {
+            matches: vec![("_SYSTEMD_UNIT", self.unit.clone())],
+            since_us: (since > 0).then_some(since),
+            start: Start::Beginning,
+            follow: false,
+        }
+    }
+}
+
 /// Where a read starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -271,6 +325,36 @@ mod tests {
         assert_eq!(next_entry(&mut r).await.unwrap(), None);
         let cut = &data[..40];
         assert!(next_entry(&mut &cut[..]).await.is_err());
+    }
+
+    #[test]
+    fn lines_without_an_invocation_id_belong_to_the_run_whose_window_holds_them() {
+        let run = Run {
+            unit: "vks.ns.p.c.service".into(),
+            pod_uid: "u1".into(),
+            invocation: "inv2".into(),
+            started_us: 1000,
+            until_us: Some(2000),
+        };
+        let e = |inv: Option<&str>, uid: Option<&str>, t: u64| Entry {
+            realtime_us: t,
+            invocation: inv.map(str::to_owned),
+            pod_uid: uid.map(str::to_owned),
+            unit: Some("vks.ns.p.c.service".into()),
+            ..Entry::default()
+        };
+        assert!(run.owns(&e(Some("inv2"), Some("u1"), 5000)), "its own invocation, whenever read");
+        assert!(!run.owns(&e(Some("inv1"), Some("u1"), 1500)), "another run's");
+        assert!(run.owns(&e(None, Some("u1"), 1500)), "a late line in the window");
+        assert!(run.owns(&e(None, None, 1500)), "without the pod's fields (unit collected)");
+        assert!(!run.owns(&e(None, Some("u0"), 1500)), "an earlier pod of the same name");
+        assert!(!run.owns(&e(None, Some("u1"), 999)), "before the run");
+        assert!(!run.owns(&e(None, Some("u1"), 2000)), "the next run's");
+        let unknown = Run { started_us: 0, until_us: None, ..run.clone() };
+        assert!(unknown.owns(&e(None, Some("u1"), 5)) && !unknown.owns(&e(None, None, 5)));
+        let q = run.query(Some(1500)).args().join(" ");
+        assert!(q.ends_with("--since=@0.001500 _SYSTEMD_UNIT=vks.ns.p.c.service"), "{q}");
+        assert!(run.query(None).args().join(" ").contains("--since=@0.001000 "));
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //!
 //! Which lines: those journald stamped with the container's `VKS_POD_UID` and `VKS_CONTAINER`
 //! (the unit's `LogExtraFields`) *and* the run's `_SYSTEMD_INVOCATION_ID` — never those of an
-//! earlier pod with the same name, nor of another run. The current run is the container
-//! status's `containerID` (`systemd://<InvocationID>`), or the unit's InvocationID while the
-//! status lags; `previous=true` takes `lastState.terminated.containerID`. stdout and stderr
-//! share one journal stream, so their order is kept.
+//! earlier pod with the same name, nor of another run. The last lines of a run that ended
+//! quickly may lack the invocation ID: they are the run's when they fall in its window (see
+//! [`journal::Run`]), which is why a run that ended is read by its unit and filtered here. The
+//! current run is the container status's `containerID` (`systemd://<InvocationID>`), or the
+//! unit's InvocationID while the status lags; `previous=true` takes
+//! `lastState.terminated.containerID`. stdout and stderr share one journal stream, so their
+//! order is kept.
 //!
 //! How: the lines so far come from one `journalctl` (`journal.rs`); with `follow=true` and a
 //! running container, new lines come through the shared follower (`hub.rs`) until the run
@@ -79,6 +82,23 @@ pub struct Target {
     pub invocation: String,
     /// The container's unit.
     pub unit: String,
+    /// When the run started (µs since the epoch, 0 unknown), from the container status.
+    pub started_us: u64,
+    /// When the next run started, for a previous run.
+    pub until_us: Option<u64>,
+}
+
+impl Target {
+    /// The run, as its lines are found in the journal.
+    pub fn run(&self) -> journal::Run {
+        journal::Run {
+            unit: self.unit.clone(),
+            pod_uid: self.pod_uid.clone(),
+            invocation: self.invocation.clone(),
+            started_us: self.started_us,
+            until_us: self.until_us,
+        }
+    }
 }
 
 /// The container's status, wherever it is listed.
@@ -96,6 +116,27 @@ fn has_container(pod: &Pod, name: &str) -> bool {
     spec.containers.iter().any(|c| c.name == name)
         || spec.init_containers.iter().flatten().any(|c| c.name == name)
         || spec.ephemeral_containers.iter().flatten().any(|c| c.name == name)
+}
+
+/// The window of the run (`previous` or current) in the journal: its start and, for the
+/// previous run, the current run's start (status times are whole seconds). While a container
+/// waits to restart, its current run is the one that ended last, as its `containerID` says.
+pub fn run_window(pod: &Pod, container: &str, previous: bool) -> (u64, Option<u64>) {
+    let us = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.map(|t| u64::try_from(t.0.as_microsecond()).unwrap_or(0))
+    };
+    let Some(s) = container_status(pod, container) else { return (0, None) };
+    let current = s.state.as_ref().and_then(|st| {
+        us(st.running.as_ref().and_then(|r| r.started_at.as_ref()))
+            .or_else(|| us(st.terminated.as_ref().and_then(|t| t.started_at.as_ref())))
+    });
+    let prev = s.last_state.as_ref().and_then(|l| us(l.terminated.as_ref()?.started_at.as_ref()));
+    match (previous, current) {
+        (true, _) => (prev.unwrap_or(0), current),
+        (false, Some(cur)) => (cur, None),
+        // Waiting to restart: the current run is the one that ended last.
+        (false, None) => (prev.unwrap_or(0), None),
+    }
 }
 
 fn invocation_of(container_id: Option<&String>) -> Option<String> {
@@ -165,7 +206,8 @@ impl Logs {
             Some(inv) => inv,
             None => self.runs.current_run(&unit, &pod_uid).await.ok_or_else(|| waiting(&p, container))?,
         };
-        Ok(Target { pod_uid, container: container.to_owned(), invocation, unit })
+        let (started_us, until_us) = run_window(&p, container, previous);
+        Ok(Target { pod_uid, container: container.to_owned(), invocation, unit, started_us, until_us })
     }
 
     /// Serves `/containerLogs/<rest>` with `query`.
@@ -216,6 +258,20 @@ mod tests {
         assert_eq!(pick_run(&p, "app", false), Ok(Some("cur".into())));
         assert_eq!(pick_run(&p, "app", true), Ok(Some("prev".into())));
         assert_eq!(pick_run(&p, "init", false), Ok(Some("i1".into())));
+        let windowed = pod(serde_json::json!({
+            "containerStatuses": [{"name": "app", "image": "", "imageID": "", "ready": true, "restartCount": 1,
+                "state": {"running": {"startedAt": "2024-05-01T10:00:20Z"}},
+                "lastState": {"terminated": {"exitCode": 3, "startedAt": "2024-05-01T10:00:00Z"}}}]
+        }));
+        assert_eq!(run_window(&windowed, "app", false), (1_714_557_620_000_000, None));
+        assert_eq!(run_window(&windowed, "app", true), (1_714_557_600_000_000, Some(1_714_557_620_000_000)));
+        assert_eq!(run_window(&windowed, "init", false), (0, None));
+        let backing_off = pod(serde_json::json!({
+            "containerStatuses": [{"name": "app", "image": "", "imageID": "", "ready": false, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 3, "startedAt": "2024-05-01T10:00:00Z"}}}]
+        }));
+        assert_eq!(run_window(&backing_off, "app", false), (1_714_557_600_000_000, None));
         let e = pick_run(&p, "init", true).unwrap_err();
         assert_eq!(
             e,

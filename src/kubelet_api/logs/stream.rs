@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
 
-use super::journal::{Entry, Query, Seqnum, Start};
+use super::journal::{Entry, Query, Run, Seqnum, Start};
 use super::options::{LogOptions, format_line};
 use super::{Logs, Target};
 use crate::kubelet_api::body::Sender;
@@ -75,19 +75,24 @@ fn now_us() -> u64 {
 }
 
 impl Target {
-    fn matches(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("VKS_POD_UID", self.pod_uid.clone()),
-            ("VKS_CONTAINER", self.container.clone()),
-            ("_SYSTEMD_INVOCATION_ID", self.invocation.clone()),
-        ]
+    /// The container's lines (of every run).
+    fn container_matches(&self) -> Vec<(&'static str, String)> {
+        vec![("VKS_POD_UID", self.pod_uid.clone()), ("VKS_CONTAINER", self.container.clone())]
+    }
+
+    /// The lines of a running run: while the unit runs, journald stamps each with the run's
+    /// invocation ID.
+    fn running_matches(&self) -> Vec<(&'static str, String)> {
+        let mut m = self.container_matches();
+        m.push(("_SYSTEMD_INVOCATION_ID", self.invocation.clone()));
+        m
     }
 }
 
 /// Which followed entries to send: the run's, not before `since`, and not already sent (after
 /// the last one sent, or when none was, written after the follow began).
 struct Wanted {
-    invocation: String,
+    run: Run,
     since_us: Option<u64>,
     last: Option<Seqnum>,
     began_us: u64,
@@ -95,7 +100,7 @@ struct Wanted {
 
 impl Wanted {
     fn check(&mut self, e: &Entry) -> bool {
-        if e.invocation.as_deref() != Some(self.invocation.as_str()) {
+        if !self.run.owns(e) {
             return false;
         }
         if self.since_us.is_some_and(|s| e.realtime_us < s) {
@@ -115,16 +120,17 @@ impl Wanted {
 /// Writes the response for `t` with `o` into `tx`.
 pub(super) async fn run(logs: Arc<Logs>, t: Target, o: LogOptions, tx: Sender) {
     let mut sink = Sink { tx, buf: Vec::new(), remaining: o.limit_bytes, timestamps: o.timestamps, done: false };
-    let live = o.follow && !o.previous && logs.runs.is_running(&t.unit, &t.invocation).await;
+    let running = !o.previous && logs.runs.is_running(&t.unit, &t.invocation).await;
+    let live = o.follow && running;
     // Subscribe before reading the past, so nothing falls in between.
     let sub = live.then(|| logs.hub.subscribe(&t.pod_uid, &t.container));
     let began_us = now_us();
-    let Some(last) = history(&t, &o, &mut sink).await else { return };
+    let Some(last) = history(&t, &o, &mut sink, running).await else { return };
     let Some(mut sub) = sub else {
         sink.flush().await;
         return;
     };
-    let mut wanted = Wanted { invocation: t.invocation.clone(), since_us: o.since_us, last, began_us };
+    let mut wanted = Wanted { run: t.run(), since_us: o.since_us, last, began_us };
     if !follow(&logs, &t, &mut sub.rx, &mut wanted, &mut sink).await {
         return;
     }
@@ -136,20 +142,28 @@ pub(super) async fn run(logs: Arc<Logs>, t: Target, o: LogOptions, tx: Sender) {
     };
     drop(sub);
     let since_us = if matches!(start, Start::Beginning) { Some(wanted.since_us.unwrap_or(began_us)) } else { None };
-    let q = Query { matches: t.matches(), since_us, start, follow: true };
+    let q = Query { matches: t.container_matches(), since_us, start, follow: true };
     let (mut rx, reader) = spawn_follower(q);
     follow(&logs, &t, &mut rx, &mut wanted, &mut sink).await;
     reader.abort();
 }
 
 /// The lines so far. Returns the sequence number of the last line read (`Some(None)`: none),
-/// or `None` when the response is complete or failed.
-async fn history(t: &Target, o: &LogOptions, sink: &mut Sink) -> Option<Option<Seqnum>> {
-    let start = match (o.tail_lines, o.since_us) {
-        (Some(n), None) => Start::Tail(n),
-        _ => Start::Beginning,
+/// or `None` when the response is complete or failed. A `running` run is matched by journalctl
+/// (which also takes a tail itself); a run that ended is read by its unit and filtered here,
+/// since its last lines may lack the invocation ID (see [`Run`]).
+async fn history(t: &Target, o: &LogOptions, sink: &mut Sink, running: bool) -> Option<Option<Seqnum>> {
+    let ended = (!running).then(|| t.run());
+    let q = match &ended {
+        None => {
+            let start = match (o.tail_lines, o.since_us) {
+                (Some(n), None) => Start::Tail(n),
+                _ => Start::Beginning,
+            };
+            Query { matches: t.running_matches(), since_us: o.since_us, start, follow: false }
+        }
+        Some(run) => run.query(o.since_us),
     };
-    let q = Query { matches: t.matches(), since_us: o.since_us, start, follow: false };
     let mut reader = match q.spawn() {
         Ok(r) => r,
         Err(e) => {
@@ -157,9 +171,9 @@ async fn history(t: &Target, o: &LogOptions, sink: &mut Sink) -> Option<Option<S
             return None;
         }
     };
-    // A tail after `since` is cut here (journalctl would give the first N).
-    let mut tail: Option<VecDeque<Entry>> = match (o.tail_lines, o.since_us) {
-        (Some(n), Some(_)) => Some(VecDeque::with_capacity(n.min(10_000) as usize)),
+    // A tail after `since` (or of filtered lines) is cut here: journalctl would give the first N.
+    let mut tail: Option<VecDeque<Entry>> = match (o.tail_lines, &q.start) {
+        (Some(n), Start::Beginning) => Some(VecDeque::with_capacity(n.min(10_000) as usize)),
         _ => None,
     };
     let mut last = None;
@@ -167,6 +181,9 @@ async fn history(t: &Target, o: &LogOptions, sink: &mut Sink) -> Option<Option<S
         match reader.next().await {
             Ok(Some(e)) => {
                 last = e.seqnum().or(last);
+                if ended.as_ref().is_some_and(|r| !r.owns(&e)) {
+                    continue;
+                }
                 if let Some(q) = &mut tail {
                     if o.tail_lines != Some(0) {
                         if q.len() as u64 == o.tail_lines.unwrap_or(0) {
@@ -297,18 +314,24 @@ mod tests {
 
     #[test]
     fn followed_entries_are_deduplicated_and_filtered() {
-        let mut w = Wanted {
+        let run = |started_us| Run {
+            unit: "vks.ns.p.c.service".into(),
+            pod_uid: "u1".into(),
             invocation: "inv".into(),
-            since_us: Some(100),
-            last: Some(Seqnum { id: "a".into(), n: 5 }),
-            began_us: 1000,
+            started_us,
+            until_us: None,
         };
+        let mut w =
+            Wanted { run: run(100), since_us: Some(100), last: Some(Seqnum { id: "a".into(), n: 5 }), began_us: 1000 };
         assert!(!w.check(&entry(5, "inv", 500)), "already sent by the history");
         assert!(!w.check(&entry(6, "other", 500)), "another run");
         assert!(!w.check(&entry(7, "inv", 50)), "before since");
         assert!(w.check(&entry(8, "inv", 500)));
         assert!(!w.check(&entry(8, "inv", 500)), "the hub and a private follower may both deliver it");
-        let mut fresh = Wanted { invocation: "inv".into(), since_us: None, last: None, began_us: 1000 };
+        let mut late = entry(9, "x", 600);
+        (late.invocation, late.pod_uid) = (None, Some("u1".into()));
+        assert!(w.check(&late), "a last line read after the unit stopped, without the invocation ID");
+        let mut fresh = Wanted { run: run(0), since_us: None, last: None, began_us: 1000 };
         assert!(!fresh.check(&entry(1, "inv", 999)), "older than the follow, not in the (empty) history");
         assert!(fresh.check(&entry(2, "inv", 1000)));
     }

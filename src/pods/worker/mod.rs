@@ -575,10 +575,15 @@ impl Worker {
             let mut t = self.ctrs[i].exited().unwrap_or(t);
             let c = &self.ctrs[i];
             let file = super::termination::message_file(&self.shared.pod_dir, &self.id.uid, &c.spec.name);
-            let invocation = c.unit_status.as_ref().map(|s| s.invocation_id.clone()).unwrap_or_default();
+            let run = super::termination::Run {
+                unit: unit.clone(),
+                pod_uid: self.id.uid.clone(),
+                invocation: c.unit_status.as_ref().map(|s| s.invocation_id.clone()).unwrap_or_default(),
+                started_us: c.unit_status.as_ref().map_or(0, |s| s.started_usec),
+                until_us: None,
+            };
             let message =
-                super::termination::read_message(&file, &c.spec, t.exit_code, &invocation, self.shared.logs.as_ref())
-                    .await;
+                super::termination::read_message(&file, &c.spec, t.exit_code, &run, self.shared.logs.as_ref()).await;
             let c = &mut self.ctrs[i];
             if let Some(m) = message {
                 c.message = Some((run_key.0, m.clone()));
