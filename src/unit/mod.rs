@@ -416,6 +416,12 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
     }
     if u.stdin {
         s.push_str(&format!("RuntimeDirectory={}\n", stdin::stdin_dir(&u.name)));
+        // Bound back over the tmpfs a confined container sees at /run/vks-stdin.
+        let dir = format!("/run/{}", stdin::stdin_dir(&u.name));
+        let line = escape::bind_paths(&dir, &dir)
+            .and_then(|v| directive("BindPaths", &v))
+            .map_err(|e| bad(format!("the stdin directory {dir:?}"), e))?;
+        s.push_str(&line);
     }
     // --- Data (issue 12): the env file of secret values, volume mounts. ---
     if let Some(file) = &u.env_file {

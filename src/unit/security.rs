@@ -5,7 +5,8 @@
 //! 1. **Isolation** (every pod unless it is `privileged` or its namespace is in
 //!    `[security] unconfined_namespaces`): vks's credentials and state, the pod directories of
 //!    other pods, systemd's and D-Bus's control sockets, the unit files and the journal files are
-//!    inaccessible (`InaccessiblePaths=`); other users' processes are invisible
+//!    inaccessible (`InaccessiblePaths=`); the other containers' attach inputs are under an
+//!    empty tmpfs (`TemporaryFileSystem=/run/vks-stdin`); other users' processes are invisible
 //!    (`ProtectProc=invisible`, unless `hostPID`); the capability bounding set is the container
 //!    runtimes' default set without `CAP_KILL` ([`DEFAULT_CAPS`]), changed by
 //!    `capabilities.add/drop`. Annotations cannot switch this layer off.
@@ -483,6 +484,9 @@ pub fn plan(pod: &Pod, c: &Container, base: &[(String, String)], policy: &NodePo
             paths.push(v);
         }
         set(&mut s, "InaccessiblePaths", paths.join(" "));
+        // Other containers' attach inputs: an empty tmpfs over them (a container with stdin gets
+        // its own directory bound back, see `unit::stdin`).
+        set(&mut s, "TemporaryFileSystem", super::stdin::STDIN_ROOT.to_owned());
     }
 
     // Capabilities.

@@ -3,6 +3,10 @@
 use super::escape::{self, Unrepresentable};
 use super::{Arg, UnitSpec};
 
+/// Where the stdin FIFOs of all containers live. Confined containers see an empty tmpfs there
+/// (`unit::security`), with only their own directory bound back: no pod writes another's input.
+pub const STDIN_ROOT: &str = "/run/vks-stdin";
+
 /// The runtime directory (under `/run`) of a container with `stdin: true`, holding its stdin FIFO.
 pub fn stdin_dir(unit: &str) -> String {
     format!("vks-stdin/{unit}")
@@ -81,6 +85,12 @@ mod tests {
             "{file}"
         );
         assert!(file.contains("RuntimeDirectory=vks-stdin/vks.ns.p.c.service\n"), "{file}");
+        // Other containers' FIFOs are under a tmpfs; its own directory is bound back.
+        assert!(file.contains("TemporaryFileSystem=/run/vks-stdin\n"), "{file}");
+        assert!(
+            file.contains("BindPaths=/run/vks-stdin/vks.ns.p.c.service:/run/vks-stdin/vks.ns.p.c.service:rbind\n"),
+            "{file}"
+        );
         assert_eq!(stdin_fifo(&u.name), "/run/vks-stdin/vks.ns.p.c.service/stdin");
         let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"]}));
         let u = plan(
@@ -94,6 +104,8 @@ mod tests {
         )
         .unwrap();
         let file = render(&u).unwrap();
-        assert!(file.contains("ExecStart=\"@/bin/cat\" \"/bin/cat\"\n") && !file.contains("vks-stdin"), "{file}");
+        assert!(file.contains("ExecStart=\"@/bin/cat\" \"/bin/cat\"\n"), "{file}");
+        assert!(!file.contains("RuntimeDirectory") && !file.contains("BindPaths"), "{file}");
+        assert!(file.contains("TemporaryFileSystem=/run/vks-stdin\n"), "{file}");
     }
 }

@@ -362,10 +362,12 @@ async fn pods_are_kept_from_each_other_and_from_the_node() {
     let ns_b = Namespace::new("lim-iso-b");
     let client = client().await;
 
-    // Pod B, another namespace's, as a user of its own, with a Secret volume and an emptyDir.
+    // Pod B, another namespace's, as a user of its own, with a Secret volume, an emptyDir and an
+    // attach input (`stdin: true`, a FIFO under /run/vks-stdin).
     kubectl(&["create", "secret", "generic", "b-secret", "-n", &ns_b.name, "--from-literal=b-key=secret-of-b"]);
     let mut b = sh("b", "echo secret-of-b > /tmp/b-private; echo data-of-b > /data/b-file; exec sleep 3600");
     b["securityContext"] = json!({ "runAsUser": 4321 });
+    b["stdin"] = json!(true);
     b["volumeMounts"] = json!([{ "name": "d", "mountPath": "/data" }, { "name": "s", "mountPath": "/secret" }]);
     let volumes = json!([{ "name": "d", "emptyDir": {} }, { "name": "s", "secret": { "secretName": "b-secret" } }]);
     create_pod(&client, &ns_b.name, pod("b", &node, json!({ "containers": [b], "volumes": volumes }))).await;
@@ -393,6 +395,7 @@ async fn pods_are_kept_from_each_other_and_from_the_node() {
     let script = format!(
         "for f in {targets}; do if cat \"$f\" >/dev/null 2>&1; then echo \"read $f=ok\"; else echo \"read $f=refused\"; fi; done\n\
          ps -e -o pid= | grep -qw {pid_b} && echo 'pid seen=visible' || echo 'pid seen=hidden'\n\
+         test -e /run/vks-stdin/{unit_b}/stdin && echo 'stdin fifo=visible' || echo 'stdin fifo=hidden'\n\
          kill -0 {pid_b} 2>/dev/null && echo 'pid signal=ok' || echo 'pid signal=refused'\n\
          systemctl stop {unit_b} >/dev/null 2>&1 && echo 'unit stop=ok' || echo 'unit stop=refused'\n\
          systemctl kill -s KILL {unit_b} >/dev/null 2>&1 && echo 'unit kill=ok' || echo 'unit kill=refused'\n\
@@ -431,6 +434,7 @@ async fn pods_are_kept_from_each_other_and_from_the_node() {
     // other pods' PIDs, but cannot read their /proc files or signal them (no CAP_KILL, no
     // CAP_SYS_PTRACE). A container in another group does not see them at all (pod c below).
     assert_eq!(a["seen"], "visible", "group 0 is exempt from hidepid");
+    assert_eq!(a["fifo"], "hidden", "pod b's attach input");
     for what in ["signal", "stop", "kill", "dbus"] {
         assert_eq!(a[what], "refused", "unit {what}: {a:?}");
     }
@@ -442,6 +446,7 @@ async fn pods_are_kept_from_each_other_and_from_the_node() {
         assert_eq!(c.get(t).map(String::as_str), Some("refused"), "pod c reading {t}: {c:?}");
     }
     assert_eq!(c["seen"], "hidden", "another user's process is invisible outside group 0");
+    assert_eq!(c["fifo"], "hidden", "pod b's attach input");
     for what in ["signal", "stop", "kill", "dbus"] {
         assert_eq!(c[what], "refused", "unit {what}: {c:?}");
     }
@@ -456,6 +461,7 @@ async fn pods_are_kept_from_each_other_and_from_the_node() {
     let b_file = targets.iter().find(|t| t.ends_with("/b-file")).unwrap();
     assert_eq!(p.get(b_file).map(String::as_str), Some("ok"), "{p:?}");
     assert_eq!(p["seen"], "visible");
+    assert_eq!(p["fifo"], "visible", "the host as it is");
     assert_eq!(p["signal"], "ok", "kill -0: it may signal pod b");
 }
 
