@@ -3,7 +3,8 @@
 //! liveness back, a readiness flip seen in a Service's EndpointSlice (on a node in its own
 //! network namespace, since EndpointSlices refuse loopback addresses), postStart before Running
 //! and preStop before the stop signal, termination messages, host aliases, pods for another OS,
-//! and activeDeadlineSeconds.
+//! activeDeadlineSeconds, and the Debian nginx package as a Deployment configured from a ConfigMap
+//! (with its exposure score under the default hardening profile and without it).
 
 use std::time::{Duration, Instant};
 
@@ -130,9 +131,14 @@ async fn a_startup_probe_holds_liveness_back() {
     })
     .await;
     wait_event(&client, &ns.name, "slow", "Killing", "Container app failed liveness probe").await;
-    let p = get_pod(&client, &ns.name, "slow").await.unwrap();
-    let last = status_of(&p, "app").unwrap().last_state.clone().and_then(|l| l.terminated);
-    let lived = last.map(|t| t.finished_at.unwrap().0.as_second() - t.started_at.unwrap().0.as_second());
+    // The event comes before the status shows the ended run.
+    let last = wait_for("the killed run in lastState", LONG, async || {
+        let p = get_pod(&client, &ns.name, "slow").await.ok_or("gone")?;
+        let last = status_of(&p, "app")?.last_state.clone().and_then(|l| l.terminated);
+        last.filter(|t| t.finished_at.is_some() && t.started_at.is_some()).ok_or_else(|| "no lastState yet".to_owned())
+    })
+    .await;
+    let lived = Some(last.finished_at.unwrap().0.as_second() - last.started_at.unwrap().0.as_second());
     println!(
         "startup: liveness took over after the startup probe passed; first run lived {lived:?}s ({:?} since create)",
         t0.elapsed()
@@ -377,44 +383,81 @@ async fn an_active_deadline_fails_the_pod_also_after_an_update() {
 }
 
 /// The "real workload" of issue 12: the Debian nginx package as a Deployment whose nginx.conf comes
-/// from a ConfigMap volume, with an httpGet readiness probe, answering on the node's port with the
-/// ConfigMap's content. It needs ConfigMap volumes (branch h12-data), so it is not a test yet: the
-/// lead adds `#[tokio::test]` and `#[ignore = ...]` after merging both branches.
-#[allow(dead_code)]
+/// from a ConfigMap volume, with an httpGet readiness probe, answering on the node's address with
+/// the ConfigMap's content — under the default hardening profile (issue 13). Next to it the same
+/// nginx with the profile off (`vks.io/hardening: off`); both exposure scores are printed for
+/// README's table, and the profile must lower the score.
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
 async fn nginx_from_a_configmap_with_a_readiness_probe() {
-    let node = Node::up_netns("nginx-configmap");
+    let node = Node::up("nginx-configmap");
     let ns = Namespace::new("nginx-configmap");
     let client = client().await;
-    let conf = "events {}\nhttp {\n  server {\n    listen 8088;\n    location / { return 200 \"served by vks from a ConfigMap\\n\"; }\n  }\n}\n";
+    let ip = node.ip();
+    let conf = |port: u16| {
+        format!(
+            "events {{}}\nhttp {{\n  server {{\n    listen {ip}:{port};\n    \
+             location / {{ return 200 \"served by vks from a ConfigMap\\n\"; }}\n  }}\n}}\n"
+        )
+    };
+    let template = |port: u16, config_map: &str| {
+        json!({ "metadata": { "labels": { "app": "nginx" } }, "spec": {
+            "nodeName": node.name,
+            "automountServiceAccountToken": false,
+            "containers": [{ "name": "nginx", "image": "nginx",
+                "command": ["/usr/sbin/nginx", "-g", "daemon off;", "-c", "/etc/vks-nginx/nginx.conf"],
+                "ports": [{ "name": "http", "containerPort": port }],
+                "volumeMounts": [{ "name": "conf", "mountPath": "/etc/vks-nginx" }],
+                "readinessProbe": { "httpGet": { "path": "/", "port": "http" }, "periodSeconds": 2 } }],
+            "volumes": [{ "name": "conf", "configMap": { "name": config_map } }] } })
+    };
+    let mut open = template(8089, "nginx-conf-open");
+    open["apiVersion"] = json!("v1");
+    open["kind"] = json!("Pod");
+    // Its own label: the Deployment's ReplicaSet would adopt a pod matching its selector.
+    open["metadata"] = json!({ "name": "nginx-open", "namespace": ns.name, "labels": { "app": "nginx-open" },
+                               "annotations": { "vks.io/hardening": "off" } });
     let manifest = json!({
         "apiVersion": "v1", "kind": "List", "items": [
             { "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "nginx-conf", "namespace": ns.name },
-              "data": { "nginx.conf": conf } },
+              "data": { "nginx.conf": conf(8088) } },
+            { "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "nginx-conf-open", "namespace": ns.name },
+              "data": { "nginx.conf": conf(8089) } },
             { "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "nginx", "namespace": ns.name },
               "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "nginx" } },
-                "template": { "metadata": { "labels": { "app": "nginx" } }, "spec": {
-                  "nodeName": node.name,
-                  "containers": [{ "name": "nginx", "image": "nginx",
-                    "command": ["/usr/sbin/nginx", "-g", "daemon off;", "-c", "/etc/vks-nginx/nginx.conf"],
-                    "ports": [{ "name": "http", "containerPort": 8088 }],
-                    "volumeMounts": [{ "name": "conf", "mountPath": "/etc/vks-nginx" }],
-                    "readinessProbe": { "httpGet": { "path": "/", "port": "http" }, "periodSeconds": 2 } }],
-                  "volumes": [{ "name": "conf", "configMap": { "name": "nginx-conf" } }] } } } },
+                "template": template(8088, "nginx-conf") } },
+            open,
         ] });
     apply(&manifest.to_string());
-    wait_for("the nginx pod Ready", Duration::from_secs(300), async || {
+    let ready = wait_for("both nginx pods Ready", Duration::from_secs(300), async || {
         let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns.name)
-            .list(&ListParams::default().labels("app=nginx"))
+            .list(&ListParams::default().labels("app in (nginx, nginx-open)"))
             .await
             .map_err(|e| e.to_string())?
             .items;
-        if pods.iter().any(|p| condition(p, "Ready").as_deref() == Some("True")) {
-            Ok(())
-        } else {
-            Err(format!("{} pods", pods.len()))
-        }
+        let ready: Vec<String> = pods
+            .iter()
+            .filter(|p| condition(p, "Ready").as_deref() == Some("True"))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if ready.len() == 2 { Ok(ready) } else { Err(format!("{} pods, ready: {ready:?}", pods.len())) }
     })
     .await;
-    let out = node.hub(&["curl", "-s", &format!("http://{}:8088/", node.ip())]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "served by vks from a ConfigMap\n");
+    for port in [8088, 8089] {
+        let out = node.exec_output(&["curl", "-s", &format!("http://{ip}:{port}/")]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "served by vks from a ConfigMap\n", "port {port}");
+    }
+    let mut score = Vec::new();
+    for name in &ready {
+        let ev = wait_for(&format!("the exposure event of {name}"), Duration::from_secs(120), async || {
+            let ev = events(&client, &ns.name, name).await;
+            ev.into_iter().find(|(r, _)| r == "SecurityExposure").ok_or("no SecurityExposure event yet".to_owned())
+        })
+        .await;
+        eprintln!("{name}: {}", ev.1);
+        let s: f64 = ev.1.split("exposure ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+        score.push((name.as_str() == "nginx-open", s));
+    }
+    let of = |open: bool| score.iter().find(|(o, _)| *o == open).map(|(_, s)| *s).unwrap();
+    assert!(of(false) < of(true), "the default profile lowers nginx's exposure: {score:?}");
 }
