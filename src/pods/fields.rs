@@ -63,7 +63,7 @@ pub const POD_FIELDS: &[Field] = &[
         Honoured,
         "the namespace's Services as env; `KUBERNETES_SERVICE_*` always, pointing at the API server",
     ),
-    f("ephemeralContainers", Ignored, "not run yet (Warning event)"),
+    f("ephemeralContainers", Ignored, "not run yet: `kubectl debug` gets a Warning event naming the container"),
     f("evictionResponders", Ignored, "no eviction on vks nodes"),
     f(
         "hostAliases",
@@ -354,6 +354,20 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
     (!why.is_empty()).then(|| format!("container {}: field {}", c.name, why.join("; ")))
 }
 
+/// The ephemeral containers `new` adds to `old` (`kubectl debug`), which vks does not run yet:
+/// one Warning each, so that whoever waits for one sees why it never starts.
+pub fn added_ephemeral_containers(old: &Pod, new: &Pod) -> Vec<String> {
+    let names = |p: &Pod| -> Vec<String> {
+        p.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone()).collect()
+    };
+    let before = names(old);
+    names(new)
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .map(|n| format!("ephemeral container {n}: ephemeralContainers are not run by vks yet (kubectl debug)"))
+        .collect()
+}
+
 /// The fields of `pod` vks ignores although they are set to something that matters: one
 /// Warning event each.
 pub fn warnings(pod: &Pod) -> Vec<String> {
@@ -594,5 +608,24 @@ mod tests {
         assert_eq!(reason, "OutOfexample.com/gpu");
         let full = NodeLoad { pods: 3, ..load.clone() };
         assert_eq!(admission(&asking(serde_json::json!({})), Some(&full)).unwrap().0, "OutOfpods");
+    }
+
+    #[test]
+    fn an_update_adding_ephemeral_containers_is_warned_about_once() {
+        let pod = |eph: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"spec": {"containers": [{"name": "c"}], "ephemeralContainers": eph}}),
+            )
+            .unwrap()
+        };
+        let none = pod(serde_json::json!([]));
+        let one = pod(serde_json::json!([{"name": "debugger-1", "image": "/bin/sh"}]));
+        let two = pod(serde_json::json!([{"name": "debugger-1"}, {"name": "debugger-2"}]));
+        assert_eq!(
+            added_ephemeral_containers(&none, &one),
+            ["ephemeral container debugger-1: ephemeralContainers are not run by vks yet (kubectl debug)"]
+        );
+        assert_eq!(added_ephemeral_containers(&one, &two).len(), 1);
+        assert!(added_ephemeral_containers(&two, &two).is_empty());
     }
 }

@@ -398,6 +398,10 @@ impl Worker {
             Msg::Pod(p) => {
                 if p.metadata.uid.as_deref() == Some(self.id.uid.as_str()) {
                     let spec_changed = p.spec != self.pod.spec;
+                    for w in super::fields::added_ephemeral_containers(&self.pod, &p) {
+                        log::warn!(pod = self.id.to_string().as_str(); "pod {}: {w}", self.id);
+                        self.event(EventType::Warning, "FieldIgnored", w);
+                    }
                     if p.metadata.labels != self.pod.metadata.labels
                         || p.metadata.annotations != self.pod.metadata.annotations
                     {
