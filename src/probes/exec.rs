@@ -4,8 +4,9 @@
 //!
 //! The context is the container unit's: the command runs as a transient service whose settings
 //! are the container unit's `[Service]` execution settings, copied verbatim into a drop-in so that
-//! systemd parses them exactly as in the container's unit ([`context_dropin`]): its user, its
-//! environment, its working directory, its mounts (`BindPaths=`, ...), its sandboxing and limits.
+//! systemd parses them exactly as in the container's unit ([`context_dropin`], the same list as
+//! `kubectl exec` in `unit::exec_context`): its user, its environment, its working directory, its
+//! mounts (`BindPaths=`, ...), its sandboxing and limits.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -54,96 +55,12 @@ pub trait ContainerExec: Send + Sync + 'static {
     async fn exec(&self, unit: &str, command: &[String], timeout: Option<Duration>) -> Result<ExecOutput, ExecError>;
 }
 
-/// Settings copied verbatim from the container unit's `[Service]` section: who the process is,
-/// its environment and directories, its file system view and sandboxing, its limits. Not copied:
-/// how the container's own process starts, stops, restarts and logs.
-const COPIED: &[&str] = &[
-    "User",
-    "Group",
-    "SupplementaryGroups",
-    "DynamicUser",
-    "WorkingDirectory",
-    "RootDirectory",
-    "RootImage",
-    "Environment",
-    "EnvironmentFile",
-    "PassEnvironment",
-    "UnsetEnvironment",
-    "UMask",
-    "RuntimeDirectory",
-    "RuntimeDirectoryMode",
-    "StateDirectory",
-    "CacheDirectory",
-    "LogsDirectory",
-    "ConfigurationDirectory",
-    "Nice",
-    "OOMScoreAdjust",
-    "AmbientCapabilities",
-    "CapabilityBoundingSet",
-    "NoNewPrivileges",
-    "SecureBits",
-    "ReadWritePaths",
-    "ReadOnlyPaths",
-    "InaccessiblePaths",
-    "ExecPaths",
-    "NoExecPaths",
-    "TemporaryFileSystem",
-    "BindPaths",
-    "BindReadOnlyPaths",
-    "MountAPIVFS",
-    "RestrictAddressFamilies",
-    "RestrictNamespaces",
-    "RestrictRealtime",
-    "RestrictSUIDSGID",
-    "LockPersonality",
-    "MemoryDenyWriteExecute",
-    "SystemCallFilter",
-    "SystemCallArchitectures",
-    "SystemCallErrorNumber",
-    "DevicePolicy",
-    "DeviceAllow",
-    "MemoryMax",
-    "MemoryHigh",
-    "MemorySwapMax",
-    "CPUQuota",
-    "CPUWeight",
-    "TasksMax",
-    "IOWeight",
-    "LoadCredential",
-    "SetCredential",
-];
-
-fn copied(key: &str) -> bool {
-    COPIED.contains(&key) || ["Limit", "Protect", "Private"].iter().any(|p| key.starts_with(p))
-}
-
-pub use crate::images::unitfile::service_settings;
-
 /// The drop-in that gives a transient unit the context of container unit `unit` (whose file is
-/// `file`), and the container's `Slice=` if it has one. `JoinsNamespaceOf=` shares the
-/// container's private `/tmp` (and network namespace, when it has one);
-/// `RuntimeDirectoryPreserve=yes` keeps the command's end from removing the container's runtime
-/// directory.
+/// `file`), and the container's `Slice=` if it has one: the same settings as `kubectl exec`
+/// copies (`unit::exec_context`).
 pub fn context_dropin(unit: &str, file: &str) -> (String, Option<String>) {
-    let mut dropin = format!(
-        "# Written by vks for a command run in {unit}; removed when the command ended.\n\
-         [Unit]\nJoinsNamespaceOf={unit}\n\n[Service]\n"
-    );
-    let mut slice = None;
-    let mut runtime_dir = false;
-    for (k, v) in service_settings(file) {
-        if k == "Slice" && !v.is_empty() {
-            slice = Some(v.clone());
-        }
-        if copied(&k) {
-            runtime_dir |= k == "RuntimeDirectory" && !v.is_empty();
-            dropin.push_str(&format!("{k}={v}\n"));
-        }
-    }
-    if runtime_dir {
-        dropin.push_str("RuntimeDirectoryPreserve=yes\n");
-    }
-    (dropin, slice)
+    let c = crate::unit::exec_context::context(unit, file, None);
+    (c.dropin, c.slice)
 }
 
 /// One command the fake ran.

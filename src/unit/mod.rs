@@ -12,6 +12,7 @@ mod command;
 pub mod data;
 pub mod env;
 pub mod escape;
+pub mod exec_context;
 pub mod meta;
 pub mod name;
 pub mod resource;

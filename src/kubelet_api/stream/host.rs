@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use super::backend::{Conn, ContainerUnit, Containers, Control, ExitStatus, Process, Stdio};
-use super::exec_unit;
 use super::pty::Pty;
 use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::exec::{ExecHandle, ExecSpec, ExecStdio, ExecUnits, PREFIX};
@@ -136,9 +135,9 @@ impl Containers for HostContainers {
     async fn exec(&self, c: &ContainerUnit, command: &[String], stdio: Stdio) -> Result<Process, String> {
         let units = self.exec_units().await?;
         let user = units.unit_user(&c.unit).await.ok();
-        let ctx = exec_unit::context(&c.unit, &c.file, user.as_deref());
+        let ctx = crate::unit::exec_context::context(&c.unit, &c.file, user.as_deref());
         let argv0 = command.first().ok_or("no command given")?;
-        let program = exec_unit::find_program(argv0, &ctx, crate::images::is_executable)?;
+        let program = crate::unit::exec_context::find_program(argv0, &ctx, crate::images::is_executable)?;
         let mut process =
             Process { stdin: None, stdout: None, stderr: None, terminal: None, control: Box::new(NoControl) };
         let io_err = |what: &str, e: std::io::Error| format!("{what} for the command: {e}");

@@ -11,7 +11,6 @@ pub mod attach;
 pub mod backend;
 pub mod channels;
 pub mod drive;
-pub mod exec_unit;
 pub mod host;
 pub mod portforward;
 pub mod ports;

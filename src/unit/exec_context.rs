@@ -1,5 +1,6 @@
-//! How an exec'd command gets the container's context, pure: which settings of the container's
-//! unit file are copied into the exec unit's drop-in, and how the command's program is found.
+//! How a command run in a container (`kubectl exec`, exec probes and hooks) gets the container's
+//! context, pure: which settings of the container's unit file are copied into the command's
+//! drop-in — one list for every such command — and how the command's program is found.
 //!
 //! Copied from `[Service]`, verbatim (so systemd parses them exactly as in the container's
 //! unit): the identity (`User=`, `Group=`, `SupplementaryGroups=`, `DynamicUser=`), the
@@ -7,7 +8,8 @@
 //! `WorkingDirectory=`, `RootDirectory=`, `UMask=`, the sandboxing and file-system settings
 //! (`Protect*=`, `Private*=`, `ReadWritePaths=` & co, `BindPaths=`, `TemporaryFileSystem=`,
 //! capabilities, system call filters, ...), the state/runtime/cache/logs directories, process
-//! limits (`Limit*=`), scheduling and credentials. Not copied: how the container's own process
+//! limits (`Limit*=`), the container's resource limits (`MemoryMax=`, `CPUQuota=`, ...: a command
+//! alone never gets more than its container), scheduling and credentials. Not copied: how the container's own process
 //! starts, restarts, stops and logs (`Type=`, `Exec*=`, `Restart*=`, `Kill*=`, `Timeout*=`,
 //! `Standard*=`, `Syslog*=`, ...). The drop-in adds `JoinsNamespaceOf=` the container's unit, so
 //! the command shares its private `/tmp` (and network/IPC namespaces when it has private ones),
@@ -77,6 +79,13 @@ const COPIED: &[&str] = &[
     "DeviceAllow",
     "LoadCredential",
     "SetCredential",
+    "MemoryMax",
+    "MemoryHigh",
+    "MemorySwapMax",
+    "CPUQuota",
+    "CPUWeight",
+    "TasksMax",
+    "IOWeight",
 ];
 
 fn copied(key: &str) -> bool {
@@ -85,7 +94,7 @@ fn copied(key: &str) -> bool {
 
 pub use crate::images::unitfile::service_settings;
 
-/// The exec unit's context, from the container's unit.
+/// A command's context, from the container's unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecContext {
     /// The drop-in for the exec unit.
