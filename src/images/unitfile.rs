@@ -6,79 +6,31 @@
 //!   in systemd syntax, the image's default arguments (so `$VAR`s of an `EnvironmentFile=` keep
 //!   working); prefixes (`-`, `@`, `+`, `!`, `:`) are dropped;
 //! - `Type=` (`notify`, `forking`, `dbus` and `idle` are kept; others become `exec`);
-//! - the settings in [`TAKEN`] and every `Limit*=`, `Protect*=` and `Private*=` setting, in
-//!   file order.
+//! - the process context (`unit::exec_context::PROCESS_CONTEXT`: identity, environment,
+//!   directories, sandboxing, scheduling, every `Limit*=`, `Protect*=` and `Private*=`) and the
+//!   settings in [`TAKEN`], in file order.
 //!
 //! Not taken over: `[Unit]` and `[Install]` (dependencies, ordering, aliases), `Restart*=`,
 //! `Timeout*=`, `ExecStop*=`, `KillMode=`/`KillSignal=`, `RemainAfterExit=`, `Standard*=`,
 //! `Syslog*=`, `WatchdogSec=`, resource controls, and drop-ins: vks decides how containers are
 //! restarted, stopped and logged.
 
-/// Settings copied from a package's `[Service]` section.
+/// Settings copied from a package's `[Service]` section besides its process context
+/// (`unit::exec_context::PROCESS_CONTEXT`, with every `Limit*=`, `Protect*=` and `Private*=`):
+/// how its daemon starts and says it is ready.
 pub const TAKEN: &[&str] = &[
     "Type",
     "ExecStartPre",
     "ExecStartPost",
     "ExecReload",
-    "User",
-    "Group",
-    "SupplementaryGroups",
-    "DynamicUser",
-    "WorkingDirectory",
-    "RootDirectory",
-    "Environment",
-    "EnvironmentFile",
-    "PassEnvironment",
-    "UMask",
     "PIDFile",
     "NotifyAccess",
     "BusName",
-    "RuntimeDirectory",
-    "RuntimeDirectoryMode",
     "RuntimeDirectoryPreserve",
-    "StateDirectory",
-    "StateDirectoryMode",
-    "CacheDirectory",
-    "CacheDirectoryMode",
-    "LogsDirectory",
-    "LogsDirectoryMode",
-    "ConfigurationDirectory",
-    "ConfigurationDirectoryMode",
-    "Nice",
-    "OOMScoreAdjust",
-    "IOSchedulingClass",
-    "IOSchedulingPriority",
-    "CPUSchedulingPolicy",
-    "CPUSchedulingPriority",
-    "AmbientCapabilities",
-    "CapabilityBoundingSet",
-    "NoNewPrivileges",
-    "SecureBits",
-    "ReadWritePaths",
-    "ReadOnlyPaths",
-    "InaccessiblePaths",
-    "ExecPaths",
-    "NoExecPaths",
-    "TemporaryFileSystem",
-    "BindPaths",
-    "BindReadOnlyPaths",
-    "RestrictAddressFamilies",
-    "RestrictNamespaces",
-    "RestrictRealtime",
-    "RestrictSUIDSGID",
-    "LockPersonality",
-    "MemoryDenyWriteExecute",
-    "SystemCallFilter",
-    "SystemCallArchitectures",
-    "SystemCallErrorNumber",
-    "RemoveIPC",
-    "KeyringMode",
-    "DevicePolicy",
-    "DeviceAllow",
 ];
 
 fn taken(key: &str) -> bool {
-    TAKEN.contains(&key) || ["Limit", "Protect", "Private"].iter().any(|p| key.starts_with(p))
+    TAKEN.contains(&key) || crate::unit::exec_context::is_process_context(key)
 }
 
 /// What a package's unit contributes to a container's unit.
@@ -204,6 +156,18 @@ pub fn parse(text: &str) -> Result<PackagedService, UnitFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_package_gives_its_process_context_and_how_its_daemon_starts() {
+        for k in
+            ["User", "ProtectSystem", "LimitNOFILE", "PrivateTmp", "DeviceAllow", "PIDFile", "Type", "ExecStartPre"]
+        {
+            assert!(taken(k), "{k}");
+        }
+        for k in ["MemoryMax", "LoadCredential", "RootImage", "Restart", "ExecStop", "KillMode", "StandardOutput"] {
+            assert!(!taken(k), "{k}");
+        }
+    }
 
     #[test]
     fn uptimed() {

@@ -21,19 +21,21 @@
 
 use crate::unit::DEFAULT_PATH;
 
-/// Settings copied verbatim.
-const COPIED: &[&str] = &[
+/// The settings that make up a process's context in a unit's `[Service]` section — who it
+/// runs as, its environment and directories, its file system view and sandboxing, scheduling —
+/// besides every `Limit*=`, `Protect*=` and `Private*=` ([`is_process_context`]). A command run
+/// in a container copies them, and so does a container from its package's unit
+/// (`images::unitfile`), each with a few more.
+pub const PROCESS_CONTEXT: &[&str] = &[
     "User",
     "Group",
     "SupplementaryGroups",
     "DynamicUser",
     "WorkingDirectory",
     "RootDirectory",
-    "RootImage",
     "Environment",
     "EnvironmentFile",
     "PassEnvironment",
-    "UnsetEnvironment",
     "UMask",
     "RuntimeDirectory",
     "RuntimeDirectoryMode",
@@ -63,7 +65,6 @@ const COPIED: &[&str] = &[
     "TemporaryFileSystem",
     "BindPaths",
     "BindReadOnlyPaths",
-    "MountAPIVFS",
     "RestrictAddressFamilies",
     "RestrictNamespaces",
     "RestrictRealtime",
@@ -77,6 +78,19 @@ const COPIED: &[&str] = &[
     "KeyringMode",
     "DevicePolicy",
     "DeviceAllow",
+];
+
+/// Whether `key` is one of [`PROCESS_CONTEXT`] or a `Limit*=`, `Protect*=` or `Private*=` setting.
+pub fn is_process_context(key: &str) -> bool {
+    PROCESS_CONTEXT.contains(&key) || ["Limit", "Protect", "Private"].iter().any(|p| key.starts_with(p))
+}
+
+/// Copied into a command's drop-in besides the process context: the container's credentials,
+/// mount options and resource limits.
+const COPIED_ALSO: &[&str] = &[
+    "RootImage",
+    "UnsetEnvironment",
+    "MountAPIVFS",
     "LoadCredential",
     "SetCredential",
     "MemoryMax",
@@ -89,7 +103,7 @@ const COPIED: &[&str] = &[
 ];
 
 fn copied(key: &str) -> bool {
-    COPIED.contains(&key) || ["Limit", "Protect", "Private"].iter().any(|p| key.starts_with(p))
+    is_process_context(key) || COPIED_ALSO.contains(&key)
 }
 
 pub use crate::images::unitfile::service_settings;
@@ -247,6 +261,16 @@ mod tests {
         let plain = context("u.service", "[Service]\nExecStart=/bin/true\n", None);
         assert_eq!(plain.path, DEFAULT_PATH);
         assert!(!plain.dropin.contains("RuntimeDirectoryPreserve"));
+    }
+
+    #[test]
+    fn a_command_gets_the_process_context_credentials_and_limits_not_how_the_container_starts() {
+        for k in ["User", "ProtectSystem", "LimitNOFILE", "PrivateTmp", "DeviceAllow", "MemoryMax", "LoadCredential"] {
+            assert!(copied(k), "{k}");
+        }
+        for k in ["Type", "ExecStartPre", "PIDFile", "RuntimeDirectoryPreserve", "Restart", "StandardOutput"] {
+            assert!(!copied(k), "{k}");
+        }
     }
 
     #[test]
