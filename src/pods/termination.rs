@@ -13,7 +13,6 @@
 //! The content rules are pure; [`JournalTail`] runs `journalctl` (through the kubelet API's
 //! journal reader, which knows how a run's lines are found).
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,8 +77,8 @@ pub trait LogTail: Send + Sync + 'static {
     async fn tail(&self, run: &Run, lines: usize) -> Result<String, String>;
 }
 
-/// [`LogTail`] from the journal: the run's lines, read by its unit and filtered as
-/// [`Run::owns`] says (its last lines may lack the invocation ID).
+/// [`LogTail`] from the journal: [`Run::tail`], which also finds the run's last lines that lack
+/// the invocation ID.
 pub struct JournalTail;
 
 /// How long reading the journal may take.
@@ -105,22 +104,15 @@ impl LogTail for JournalTail {
             Err(_) => log::debug!("journalctl --sync did not answer within {}s", JOURNAL_TIMEOUT.as_secs()),
         }
         let read = async {
-            let mut reader = run.query(None).spawn().map_err(|e| format!("running journalctl: {e}"))?;
-            let mut last: VecDeque<Vec<u8>> = VecDeque::with_capacity(lines);
-            while let Some(e) = reader.next().await.map_err(|e| e.to_string())? {
-                if !run.owns(&e) || lines == 0 {
-                    continue;
-                }
-                if last.len() == lines {
-                    last.pop_front();
-                }
-                let mut line = e.message;
+            let entries = run.tail(lines).await.map_err(|e| format!("reading the journal: {e}"))?;
+            let mut text = Vec::new();
+            for e in entries {
+                text.extend_from_slice(&e.message);
                 if e.ends_line {
-                    line.push(b'\n');
+                    text.push(b'\n');
                 }
-                last.push_back(line);
             }
-            Ok::<_, String>(String::from_utf8_lossy(&last.into_iter().flatten().collect::<Vec<u8>>()).into_owned())
+            Ok::<_, String>(String::from_utf8_lossy(&text).into_owned())
         };
         match tokio::time::timeout(JOURNAL_TIMEOUT, read).await {
             Ok(r) => r,

@@ -222,6 +222,7 @@ async fn logs_of_runs_that_end_at_once() {
     create_pod(&client, &ns.name, pod("instant", &node, spec)).await;
     wait_phase(&client, &ns.name, "instant", "Failed", LONG).await;
     assert_eq!(logs(&ns.name, &["instant"]), "one\ntwo\n");
+    assert_eq!(logs(&ns.name, &["instant", "--tail=1"]), "two\n", "the tail of a run that ended");
     let spec = json!({ "containers": [sh("quick", "echo \"run $$$$\"; echo \"end $$$$\"; exit 3")] });
     create_pod(&client, &ns.name, pod("quick", &node, spec)).await;
     wait_for("two restarts", LONG, async || {

@@ -184,6 +184,39 @@ impl Run {
             follow: false,
         }
     }
+
+    /// The last `n` lines of a run that ended, without reading all of it: journalctl takes the
+    /// last `n` lines stamped with the invocation ID, then only the unit's entries after the
+    /// last of them (the late, unstamped lines) are read and filtered.
+    pub async fn tail(&self, n: usize) -> std::io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        if n == 0 {
+            return Ok(out);
+        }
+        let stamped = Query {
+            matches: vec![("_SYSTEMD_UNIT", self.unit.clone()), ("_SYSTEMD_INVOCATION_ID", self.invocation.clone())],
+            since_us: None,
+            start: Start::Tail(n as u64),
+            follow: false,
+        };
+        let mut reader = stamped.spawn()?;
+        while let Some(e) = reader.next().await? {
+            out.push(e);
+        }
+        let late = match out.last() {
+            Some(e) => Query { start: Start::After(e.cursor.clone()), since_us: None, ..self.query(None) },
+            None => self.query(None),
+        };
+        let mut reader = late.spawn()?;
+        while let Some(e) = reader.next().await? {
+            if e.invocation.is_none() && self.owns(&e) {
+                out.push(e);
+            }
+        }
+        let cut = out.len().saturating_sub(n);
+        out.drain(..cut);
+        Ok(out)
+    }
 }
 
 /// Where a read starts.

@@ -154,6 +154,26 @@ pub(super) async fn run(logs: Arc<Logs>, t: Target, o: LogOptions, tx: Sender) {
 /// since its last lines may lack the invocation ID (see [`Run`]).
 async fn history(t: &Target, o: &LogOptions, sink: &mut Sink, running: bool) -> Option<Option<Seqnum>> {
     let ended = (!running).then(|| t.run());
+    if let (Some(run), Some(n), None) = (&ended, o.tail_lines, o.since_us) {
+        // A tail of a run that ended: the stamped tail and the late lines, not the whole run.
+        let entries = match run.tail(n.min(usize::MAX as u64) as usize).await {
+            Ok(e) => e,
+            Err(e) => {
+                sink.fail(format!("reading the journal for {}: {e}", t.unit)).await;
+                return None;
+            }
+        };
+        for e in &entries {
+            let more = sink.push(e);
+            if (!more || sink.buf.len() >= FRAME) && !sink.flush().await {
+                return None;
+            }
+            if !more {
+                return None;
+            }
+        }
+        return sink.flush().await.then(|| entries.last().and_then(Entry::seqnum));
+    }
     let q = match &ended {
         None => {
             let start = match (o.tail_lines, o.since_us) {
