@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::policy::RestartPolicy;
 use crate::reason::WaitingReason;
-use crate::systemd::{ExitKind, UnitStatus};
+use crate::systemd::{ActiveState, ExitKind, UnitStatus};
 use crate::unit::ContainerKind;
 
 /// A container's current state as vks reports it.
@@ -82,6 +82,11 @@ impl CState {
 pub enum UnitRun {
     /// No process has been started by this unit (or it is still being started).
     NotStarted,
+    /// systemd forked the main process but the unit is not active yet: systemd is still setting
+    /// the process up (namespaces, mounts, credentials) before it executes the program, or a
+    /// `Type=notify` daemon has not reported READY=1. The kubelet's container is not running
+    /// yet either: it shows as ContainerCreating, and probes and hooks wait.
+    Starting,
     /// The main process runs.
     Running(Option<Timestamp>),
     /// The main process exited; the termination as the API shows it.
@@ -116,17 +121,21 @@ fn setup_failure(code: i32) -> Option<&'static str> {
 /// Reads a unit's status as a container state. `container_id` identifies the run.
 pub fn unit_run(u: &UnitStatus) -> UnitRun {
     let container_id = (!u.invocation_id.is_empty()).then(|| format!("systemd://{}", u.invocation_id));
-    // Only the Service interface's main-process properties decide: they change together (one
-    // signal, one GetAll), whereas the Unit interface's ActiveState comes in a separate signal and
-    // may lag behind. systemd zeroes the exit status when it starts a new main process.
+    // The Service interface's main-process properties decide whether a run began or ended: they
+    // change together (one signal, one GetAll), whereas the Unit interface's ActiveState comes in
+    // a separate signal and may lag behind. systemd zeroes the exit status when it starts a new
+    // main process.
     match u.exit_kind {
-        ExitKind::None => {
-            if u.main_pid != 0 {
+        ExitKind::None if u.main_pid == 0 => UnitRun::NotStarted,
+        // Only an active unit runs its program. While a start is under way the Unit interface's
+        // ActiveState may still be the earlier run's (failed, inactive): that counts as starting
+        // too, so a run never goes from Running back to Starting.
+        ExitKind::None => match u.active_state {
+            ActiveState::Active | ActiveState::Reloading | ActiveState::Deactivating => {
                 UnitRun::Running(usec(u.started_usec))
-            } else {
-                UnitRun::NotStarted
             }
-        }
+            ActiveState::Activating | ActiveState::Inactive | ActiveState::Failed => UnitRun::Starting,
+        },
         kind => {
             let (exit_code, signal) = match kind {
                 ExitKind::Exited => (u.exit_status, None),

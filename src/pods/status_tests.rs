@@ -49,6 +49,14 @@ fn unit_states_map_to_container_states() {
         ..UnitStatus::default()
     };
     assert!(matches!(unit_run(&u), UnitRun::Running(Some(_))));
+    // Forked but not executed yet (sandbox set-up, or a notify daemon before READY=1); a start
+    // whose ActiveState signal has not come yet counts as starting too.
+    u.active_state = ActiveState::Activating;
+    assert_eq!(unit_run(&u), UnitRun::Starting);
+    u.active_state = ActiveState::Failed;
+    assert_eq!(unit_run(&u), UnitRun::Starting);
+    u.active_state = ActiveState::Deactivating;
+    assert!(matches!(unit_run(&u), UnitRun::Running(Some(_))));
     u.main_pid = 0;
     u.active_state = ActiveState::Activating;
     assert_eq!(unit_run(&u), UnitRun::NotStarted);

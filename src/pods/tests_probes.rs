@@ -233,6 +233,34 @@ async fn post_start_runs_before_the_container_counts_as_running_and_holds_later_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_process_still_being_set_up_is_not_running_yet() {
+    // systemd has forked the process but not executed the program (sandbox set-up, or a notify
+    // daemon before READY=1): the container is ContainerCreating, not ready, unprobed, hookless.
+    let w = World::start().await;
+    let u = unit("setup", "app");
+    w.systemd.slow_start(&u);
+    let p = pod(
+        "setup",
+        "s1",
+        serde_json::json!({"containers": [{"name": "app", "image": "/bin/app",
+            "lifecycle": {"postStart": {"exec": exec("post")}},
+            "readinessProbe": {"exec": exec("ready"), "periodSeconds": 1}}]}),
+    );
+    w.apply(&p);
+    w.until("the process exists", |w| w.running(&u)).await;
+    w.run_for(Duration::from_secs(5)).await;
+    assert_eq!(waiting(&w.container("s1", "app")).as_deref(), Some("ContainerCreating"));
+    assert!(!ready(&w, "s1"));
+    assert!(w.prober.times("post", start()).is_empty() && w.prober.times("ready", start()).is_empty());
+    assert_eq!(w.starts(&u), [0], "a start under way is not started again");
+    w.systemd.finish_start(&u);
+    w.until("running and ready", |w| is_running(&w.container("s1", "app")) && ready(w, "s1")).await;
+    assert_eq!(w.prober.times("post", start()), [5]);
+    assert_eq!(w.prober.times("ready", start())[0], 5);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn pre_stop_runs_before_the_stop_signal_within_the_grace_period() {
     let w = World::start().await;
     w.prober.set("pre-quick", Script::pass().after(Duration::from_secs(4)));

@@ -36,6 +36,9 @@ struct State {
     stubborn: HashSet<String>,
     /// Units that fail to start (exit code 203, as systemd reports an exec failure).
     broken: HashSet<String>,
+    /// Units whose starts stay `activating` (process forked, still being set up) until
+    /// [`FakeSystemd::finish_start`].
+    slow: HashSet<String>,
     /// Units whose next status read panics (to test the supervision of the caller).
     panic_once: HashSet<String>,
     /// The D-Bus connection is down: every call to systemd fails (unit files still work).
@@ -137,6 +140,24 @@ impl FakeSystemd {
         self.lock().broken.insert(name.to_owned());
     }
 
+    /// Makes every later start of the unit stay `activating` with its process forked (as while
+    /// systemd sets up a sandbox, or a notify daemon has not reported READY=1) until
+    /// [`FakeSystemd::finish_start`].
+    pub fn slow_start(&self, name: &str) {
+        self.lock().slow.insert(name.to_owned());
+    }
+
+    /// Ends the set-up of a slowly starting unit: it becomes `active/running`.
+    pub fn finish_start(&self, name: &str) {
+        let mut s = self.lock();
+        s.slow.remove(name);
+        if let Some(u) = s.units.get_mut(name).filter(|u| u.active_state == ActiveState::Activating) {
+            u.active_state = ActiveState::Active;
+            u.sub_state = "running".into();
+            FakeSystemd::notify(&mut s, name);
+        }
+    }
+
     /// Makes the next status read of the unit panic, as a bug in its caller would.
     pub fn panic_on_next_read(&self, name: &str) {
         self.lock().panic_once.insert(name.to_owned());
@@ -180,10 +201,11 @@ impl FakeSystemd {
         if !running {
             s.invocations += 1;
             s.pids += 1;
+            let slow = s.slow.contains(name);
             let u = UnitStatus {
                 load_state: "loaded".into(),
-                active_state: ActiveState::Active,
-                sub_state: "running".into(),
+                active_state: if slow { ActiveState::Activating } else { ActiveState::Active },
+                sub_state: if slow { "start" } else { "running" }.into(),
                 result: "success".into(),
                 started_usec: self.clock.usec(),
                 main_pid: 1000 + s.pids,

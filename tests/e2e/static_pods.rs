@@ -66,8 +66,12 @@ async fn standalone_manifests_come_change_break_and_go() {
     node.put_file("/etc/vks/manifests/web.yaml", pod_manifest("web", "hello v1").as_bytes());
     let line = wait_running(&node, &pod, within(Duration::from_secs(10))).await;
     assert!(line.contains("main: Running") && line.ends_with("/etc/vks/manifests/web.yaml"), "{line}");
-    let logs = node.exec(&["vks", "logs", &pod]);
-    assert_eq!(logs.trim(), "hello v1");
+    // Running means the program was executed; its first line reaches the journal soon after.
+    wait_for("the greeting in vks logs", within(Duration::from_secs(10)), async || {
+        let logs = node.exec(&["vks", "logs", &pod]);
+        if logs.trim() == "hello v1" { Ok(()) } else { Err(logs) }
+    })
+    .await;
     let pid = main_pid(&node, &unit);
     assert_ne!(pid, "0");
 

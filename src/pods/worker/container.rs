@@ -193,8 +193,9 @@ impl Ctr {
         }
     }
 
+    /// Whether its process exists: it runs, or systemd is still setting it up.
     pub(super) fn running(&self) -> bool {
-        matches!(self.run(), UnitRun::Running(_))
+        matches!(self.run(), UnitRun::Running(_) | UnitRun::Starting)
     }
 
     pub(super) fn exited(&self) -> Option<Box<ContainerStateTerminated>> {
@@ -264,8 +265,8 @@ impl Ctr {
 pub enum Next {
     /// Its process runs.
     Running,
-    /// Its process runs, but its postStart hook has not finished (or, for a sidecar, its startup
-    /// probe has not passed): it counts as not started yet.
+    /// Its process exists but counts as not started yet: systemd is still setting it up, its
+    /// postStart hook has not finished, or (for a sidecar) its startup probe has not passed.
     Starting,
     /// It exited with 0 and will not run again.
     Succeeded,
@@ -282,6 +283,7 @@ pub enum Next {
 pub fn next(run: &UnitRun, policy: RestartPolicy, restart_at: Option<SystemTime>, now: SystemTime) -> Next {
     match run {
         UnitRun::Running(_) => Next::Running,
+        UnitRun::Starting => Next::Starting,
         UnitRun::NotStarted => Next::Launch,
         UnitRun::Exited(t) => match restart_at {
             Some(at) if at <= now => Next::Launch,
@@ -344,6 +346,7 @@ mod tests {
         use RestartPolicy::*;
         assert_eq!(next(&UnitRun::NotStarted, Never, None, t), Next::Launch);
         assert_eq!(next(&UnitRun::Running(None), Never, None, t), Next::Running);
+        assert_eq!(next(&UnitRun::Starting, Never, None, t), Next::Starting);
         assert_eq!(next(&exited(0), Never, None, t), Next::Succeeded);
         assert_eq!(next(&exited(1), Never, None, t), Next::Failed);
         assert_eq!(next(&exited(0), OnFailure, None, t), Next::Succeeded);

@@ -57,7 +57,7 @@ impl Ctr {
 
     /// Whether the container runs but its postStart hook has not finished.
     pub(super) fn post_start_pending(&self) -> bool {
-        self.post_start_hook().is_some() && self.running_run().is_some_and(|r| self.post_start.done_for != Some(r))
+        self.post_start_hook().is_some() && self.program_run().is_some_and(|r| self.post_start.done_for != Some(r))
     }
 
     /// Whether later containers must wait for this one: it has a postStart hook and was started
@@ -99,7 +99,7 @@ impl Worker {
     pub(super) fn sync_hooks(&mut self) {
         for i in 0..self.ctrs.len() {
             let Some(h) = self.ctrs[i].post_start_hook().cloned() else { continue };
-            let run = self.ctrs[i].running_run();
+            let run = self.ctrs[i].program_run();
             let ps = &mut self.ctrs[i].post_start;
             if let Some((r, task)) = &ps.running
                 && Some(*r) != run

@@ -67,7 +67,7 @@ impl Ctr {
     /// The verdict of probe `kind` about the current run, `None` without such a probe.
     fn verdict(&self, kind: ProbeKind) -> Option<Verdict> {
         let p = self.probe(kind)?;
-        Some(if Some(p.run) == self.running_run() { p.tracker.verdict() } else { Tracker::new(kind).verdict() })
+        Some(if Some(p.run) == self.program_run() { p.tracker.verdict() } else { Tracker::new(kind).verdict() })
     }
 
     /// Whether the startup probe passed (true without one).
@@ -90,7 +90,7 @@ impl Worker {
             let c = &self.ctrs[i];
             // A run is probed once its postStart hook finished, and until vks stops it.
             let live = c
-                .running_run()
+                .program_run()
                 .filter(|_| !c.post_start_pending())
                 .map(|r| (r, c.run_started()))
                 .filter(|(r, _)| c.stopping.as_ref().is_none_or(|s| s.run != *r || s.why == StopWhy::Pod));

@@ -43,6 +43,8 @@ impl Worker {
                         CState::waiting(WaitingReason::ContainerCreating, None)
                     }
                     (UnitRun::Running(started), _, _, _) => CState::Running { started_at: *started },
+                    // systemd is still setting the process up (or a notify daemon is not ready).
+                    (UnitRun::Starting, _, _, _) => CState::waiting(WaitingReason::ContainerCreating, None),
                     (UnitRun::Exited(t), _, _, Some(_)) if self.deletion.is_none() && c.start_error.is_some() => {
                         last_state = Some((**t).clone());
                         let (reason, message) =

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::super::status::UnitRun;
 use super::Worker;
 use super::container::Ctr;
 use crate::events::EventType;
@@ -75,9 +76,14 @@ impl Stopping {
 }
 
 impl Ctr {
-    /// The start time (µs) of the run that is running now.
+    /// The start time (µs) of the run whose process exists now (it may still be set up).
     pub(super) fn running_run(&self) -> Option<u64> {
         self.running().then(|| self.unit_status.as_ref().map_or(0, |s| s.started_usec))
+    }
+
+    /// The start time (µs) of the run whose program runs now: what hooks and probes act on.
+    pub(super) fn program_run(&self) -> Option<u64> {
+        matches!(self.run(), UnitRun::Running(_)).then(|| self.unit_status.as_ref().map_or(0, |s| s.started_usec))
     }
 
     /// The signal that stops this container (`lifecycle.stopSignal`, validated when its unit was
