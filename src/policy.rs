@@ -13,6 +13,9 @@ pub enum ContainerKind {
     Sidecar,
     /// An app container.
     App,
+    /// An ephemeral container (`kubectl debug`): started once, whenever it is added, never
+    /// restarted, and no part of the pod's phase or readiness.
+    Ephemeral,
 }
 
 impl ContainerKind {
@@ -22,6 +25,7 @@ impl ContainerKind {
             ContainerKind::Init => "init",
             ContainerKind::Sidecar => "sidecar",
             ContainerKind::App => "app",
+            ContainerKind::Ephemeral => "ephemeral",
         }
     }
 
@@ -31,6 +35,7 @@ impl ContainerKind {
             "init" => Some(ContainerKind::Init),
             "sidecar" => Some(ContainerKind::Sidecar),
             "app" => Some(ContainerKind::App),
+            "ephemeral" => Some(ContainerKind::Ephemeral),
             _ => None,
         }
     }
@@ -70,11 +75,12 @@ impl RestartPolicy {
     }
 
     /// The policy that applies to a container of `kind` in a pod with this policy: the pod's for
-    /// app containers, `Always` for sidecars, and for init containers the pod's with `Always`
-    /// meaning `OnFailure`.
+    /// app containers, `Always` for sidecars, `Never` for ephemeral containers, and for init
+    /// containers the pod's with `Always` meaning `OnFailure`.
     pub fn for_container(self, kind: ContainerKind) -> RestartPolicy {
         match kind {
             ContainerKind::Sidecar => RestartPolicy::Always,
+            ContainerKind::Ephemeral => RestartPolicy::Never,
             ContainerKind::Init if self == RestartPolicy::Always => RestartPolicy::OnFailure,
             _ => self,
         }
@@ -159,6 +165,7 @@ mod tests {
         assert_eq!(Always.for_container(ContainerKind::Init), OnFailure);
         assert_eq!(Never.for_container(ContainerKind::Init), Never);
         assert_eq!(Never.for_container(ContainerKind::Sidecar), Always);
+        assert_eq!(Always.for_container(ContainerKind::Ephemeral), Never);
         assert!(OnFailure.restarts_after(1) && !OnFailure.restarts_after(0));
         assert!(Always.restarts_after(0) && !Never.restarts_after(1));
         assert_eq!(RestartPolicy::parse("Sometimes"), None);

@@ -1,6 +1,7 @@
 //! Tests of the pod → unit translation with vks's real code:
 //! - golden units: every `tests/testdata/units/<case>.yaml` pod is rendered, one unit per
-//!   container in start order (`unit::pod_containers`), and compared with `<case>.units`. Set
+//!   container in start order (`unit::all_containers`: ephemeral ones last), and compared with
+//!   `<case>.units`. Set
 //!   `VKS_UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate change, then review
 //!   the diff;
 //! - the round trip through a model of systemd 252's parser (`units/model.rs`, itself checked
@@ -43,7 +44,8 @@ fn render_pod(pod: &Pod) -> String {
     let node = NodeContext::new("node-1", "192.0.2.10");
     let spec = pod.spec.as_ref().expect("pod has a spec");
     let mut out = String::new();
-    for (c, kind) in unit::pod_containers(spec) {
+    for (c, kind) in unit::all_containers(spec) {
+        let c = &c;
         let image = c.image.clone().unwrap_or_default();
         let info = if image.starts_with('/') {
             ImageInfo { entrypoint: vec![image.clone()], image_id: format!("file://{image}"), ..ImageInfo::default() }

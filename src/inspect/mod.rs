@@ -216,8 +216,11 @@ pub async fn gather(config: &Config) -> Result<Listing> {
 /// Adds the recorded container statuses (restarts, readiness, states) to the containers.
 fn merge_recorded(p: &mut PodView) {
     let Some(status) = p.status.clone() else { return };
-    let lists =
-        [(status.init_container_statuses, ContainerKind::Init), (status.container_statuses, ContainerKind::App)];
+    let lists = [
+        (status.init_container_statuses, ContainerKind::Init),
+        (status.container_statuses, ContainerKind::App),
+        (status.ephemeral_container_statuses, ContainerKind::Ephemeral),
+    ];
     for (list, kind) in lists {
         for s in list.into_iter().flatten() {
             let c = match p.containers.iter_mut().position(|c| c.name == s.name) {
@@ -235,6 +238,7 @@ fn merge_recorded(p: &mut PodView) {
     }
     let order = |k: Option<ContainerKind>| match k {
         Some(ContainerKind::Init | ContainerKind::Sidecar) => 0,
+        Some(ContainerKind::Ephemeral) => 2,
         _ => 1,
     };
     p.containers.sort_by_key(|c| order(c.kind));

@@ -18,6 +18,7 @@ fn containers(p: &PodView) -> String {
     let name = |c: &ContainerView| match c.kind {
         Some(ContainerKind::Init) => format!("{} (init)", c.name),
         Some(ContainerKind::Sidecar) => format!("{} (sidecar)", c.name),
+        Some(ContainerKind::Ephemeral) => format!("{} (ephemeral)", c.name),
         _ => c.name.clone(),
     };
     let list: Vec<String> = p.containers.iter().map(|c| format!("{}: {}", name(c), c.state())).collect();

@@ -17,13 +17,15 @@ use crate::unit::data::{Kind, ObjKey, TokenSpec};
 /// The lifetime of a projected token when the source sets none (the API server's default).
 pub const DEFAULT_TOKEN_SECONDS: i64 = 3600;
 
-/// The ConfigMaps and Secrets the pod refers to, in its env, envFrom and volumes.
+/// The ConfigMaps and Secrets the pod refers to, in its (and its ephemeral containers') env,
+/// envFrom and volumes.
 pub fn references(pod: &Pod) -> BTreeSet<ObjKey> {
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let key = |kind, name: &str| ObjKey { kind, namespace: ns.clone(), name: name.to_owned() };
     let mut out = BTreeSet::new();
     let Some(spec) = pod.spec.as_ref() else { return out };
-    for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+    let ephemeral = crate::unit::ephemeral::containers(spec);
+    for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()).chain(ephemeral.iter()) {
         for from in c.env_from.iter().flatten() {
             if let Some(r) = &from.config_map_ref {
                 out.insert(key(Kind::ConfigMap, &r.name));

@@ -63,7 +63,11 @@ pub const POD_FIELDS: &[Field] = &[
         Honoured,
         "the namespace's Services as env; `KUBERNETES_SERVICE_*` always, pointing at the API server",
     ),
-    f("ephemeralContainers", Ignored, "not run yet: `kubectl debug` gets a Warning event naming the container"),
+    f(
+        "ephemeralContainers",
+        Honoured,
+        "`kubectl debug`: each is a unit started once, never restarted, stopped with the pod; with `targetContainerName` it gets the target's user, env, working directory and mounts; `ephemeralContainerStatuses`",
+    ),
     f("evictionResponders", Ignored, "no eviction on vks nodes"),
     f(
         "hostAliases",
@@ -354,18 +358,32 @@ pub fn refusal(pod: &Pod, c: &Container) -> Option<String> {
     (!why.is_empty()).then(|| format!("container {}: field {}", c.name, why.join("; ")))
 }
 
-/// The ephemeral containers `new` adds to `old` (`kubectl debug`), which vks does not run yet:
-/// one Warning each, so that whoever waits for one sees why it never starts.
+/// What vks ignores in the ephemeral containers `new` adds to `old` (`kubectl debug`): one
+/// Warning each, when they are added.
 pub fn added_ephemeral_containers(old: &Pod, new: &Pod) -> Vec<String> {
-    let names = |p: &Pod| -> Vec<String> {
-        p.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone()).collect()
-    };
-    let before = names(old);
-    names(new)
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .map(|n| format!("ephemeral container {n}: ephemeralContainers are not run by vks yet (kubectl debug)"))
+    let before: Vec<&str> =
+        old.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.as_str()).collect();
+    let Some(spec) = new.spec.as_ref() else { return Vec::new() };
+    crate::unit::ephemeral::containers(spec)
+        .iter()
+        .filter(|c| !before.contains(&c.name.as_str()))
+        .flat_map(|c| container_warnings(c, "ephemeral container"))
         .collect()
+}
+
+/// What vks ignores in container `c` (`what` names its kind in the message).
+fn container_warnings(c: &Container, what: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if c.tty == Some(true) {
+        out.push(format!("{what} {}: tty is ignored: vks gives containers no terminal", c.name));
+    }
+    if c.stdin == Some(true) && c.stdin_once == Some(true) {
+        out.push(format!(
+            "{what} {}: stdinOnce is ignored: the container's stdin stays open across attach sessions",
+            c.name
+        ));
+    }
+    out
 }
 
 /// The fields of `pod` vks ignores although they are set to something that matters: one
@@ -391,19 +409,11 @@ pub fn warnings(pod: &Pod) -> Vec<String> {
     if spec.image_pull_secrets.as_ref().is_some_and(|s| !s.is_empty()) {
         out.push("imagePullSecrets are ignored: vks images are Debian packages or paths".into());
     }
-    if spec.ephemeral_containers.as_ref().is_some_and(|e| !e.is_empty()) {
-        out.push("ephemeralContainers are not run by vks yet".into());
+    for c in crate::unit::ephemeral::containers(spec) {
+        out.extend(container_warnings(&c, "ephemeral container"));
     }
     for c in unit_containers(spec) {
-        if c.tty == Some(true) {
-            out.push(format!("container {}: tty is ignored: vks gives containers no terminal", c.name));
-        }
-        if c.stdin == Some(true) && c.stdin_once == Some(true) {
-            out.push(format!(
-                "container {}: stdinOnce is ignored: the container's stdin stays open across attach sessions",
-                c.name
-            ));
-        }
+        out.extend(container_warnings(c, "container"));
         let storage =
             |m: Option<&std::collections::BTreeMap<String, _>>| m.is_some_and(|m| m.contains_key("ephemeral-storage"));
         if c.resources.as_ref().is_some_and(|r| storage(r.limits.as_ref())) {
@@ -611,7 +621,7 @@ mod tests {
     }
 
     #[test]
-    fn an_update_adding_ephemeral_containers_is_warned_about_once() {
+    fn what_vks_ignores_in_added_ephemeral_containers_is_warned_about_once() {
         let pod = |eph: serde_json::Value| -> Pod {
             serde_json::from_value(
                 serde_json::json!({"spec": {"containers": [{"name": "c"}], "ephemeralContainers": eph}}),
@@ -619,13 +629,15 @@ mod tests {
             .unwrap()
         };
         let none = pod(serde_json::json!([]));
-        let one = pod(serde_json::json!([{"name": "debugger-1", "image": "/bin/sh"}]));
-        let two = pod(serde_json::json!([{"name": "debugger-1"}, {"name": "debugger-2"}]));
+        let one = pod(serde_json::json!([{"name": "debugger-1", "image": "/bin/sh", "tty": true, "stdin": true}]));
+        let two = pod(serde_json::json!([{"name": "debugger-1", "tty": true}, {"name": "debugger-2", "tty": true}]));
         assert_eq!(
             added_ephemeral_containers(&none, &one),
-            ["ephemeral container debugger-1: ephemeralContainers are not run by vks yet (kubectl debug)"]
+            ["ephemeral container debugger-1: tty is ignored: vks gives containers no terminal"]
         );
         assert_eq!(added_ephemeral_containers(&one, &two).len(), 1);
         assert!(added_ephemeral_containers(&two, &two).is_empty());
+        let quiet = pod(serde_json::json!([{"name": "debugger-1", "image": "/bin/sh", "stdin": true}]));
+        assert!(added_ephemeral_containers(&none, &quiet).is_empty(), "nothing is ignored: nothing to say");
     }
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use tokio::task::JoinSet;
@@ -182,6 +182,13 @@ impl PodManager {
     fn route(&mut self, pod: Pod) {
         let Some(uid) = pod.metadata.uid.clone() else { return };
         if let Some(h) = self.workers.get_mut(&uid) {
+            // Ephemeral containers are added to a running pod: their units join the index.
+            for unit in worker::unit_names_of(&pod) {
+                if !h.units.contains(&unit) {
+                    self.index.entry(unit.clone()).or_default().push(uid.clone());
+                    h.units.push(unit);
+                }
+            }
             h.pod = pod.clone();
             let _ = h.tx.send(Msg::Pod(Box::new(pod)));
             return;
@@ -457,6 +464,12 @@ fn orphan_pod(units: &[Adopted]) -> Pod {
         restart_policy: (a.meta.kind == ContainerKind::Sidecar).then(|| "Always".to_owned()),
         ..Container::default()
     };
+    let ephemeral = |a: &Adopted| EphemeralContainer {
+        name: a.meta.container.clone(),
+        image: Some(a.meta.image.clone()),
+        ..EphemeralContainer::default()
+    };
+    let of = |kinds: &'static [ContainerKind]| units.iter().filter(move |a| kinds.contains(&a.meta.kind));
     Pod {
         metadata: ObjectMeta {
             name: Some(m.pod.clone()),
@@ -465,8 +478,9 @@ fn orphan_pod(units: &[Adopted]) -> Pod {
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
-            init_containers: Some(units.iter().filter(|a| a.meta.kind != ContainerKind::App).map(container).collect()),
-            containers: units.iter().filter(|a| a.meta.kind == ContainerKind::App).map(container).collect(),
+            init_containers: Some(of(&[ContainerKind::Init, ContainerKind::Sidecar]).map(container).collect()),
+            containers: of(&[ContainerKind::App]).map(container).collect(),
+            ephemeral_containers: Some(of(&[ContainerKind::Ephemeral]).map(ephemeral).collect()),
             ..PodSpec::default()
         }),
         status: None,

@@ -204,10 +204,12 @@ impl ContainerView {
     }
 
     /// Ready: for app containers and sidecars, started and passing its readiness probe;
-    /// completed with 0 for init containers.
+    /// completed with 0 for init containers; never for ephemeral containers (the kubelet probes
+    /// no ephemeral container).
     pub fn ready(&self) -> bool {
         match self.kind {
             ContainerKind::Init => matches!(&self.state, CState::Terminated(t) if t.exit_code == 0),
+            ContainerKind::Ephemeral => false,
             _ => self.started() && self.readiness_passes,
         }
     }
@@ -219,7 +221,7 @@ impl ContainerView {
             image_id: self.image_id.clone(),
             container_id: self.container_id.clone(),
             ready: self.ready(),
-            started: Some(self.started()),
+            started: (self.kind != ContainerKind::Ephemeral).then(|| self.started()),
             restart_count: self.restart_count,
             state: Some(self.state.to_api()),
             last_state: Some(
@@ -271,6 +273,8 @@ pub fn phase(restart_policy: RestartPolicy, containers: &[ContainerView], termin
                 CState::Waiting { .. } if restarting(c) => stopped += 1,
                 CState::Waiting { .. } => waiting += 1,
             },
+            // No part of the phase (as the kubelet's getPhase).
+            ContainerKind::Ephemeral => {}
         }
     }
     let initialized = containers
@@ -356,7 +360,7 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         .filter(|c| match c.kind {
             ContainerKind::Init => !c.ready(),
             ContainerKind::Sidecar => !c.running(),
-            ContainerKind::App => false,
+            ContainerKind::App | ContainerKind::Ephemeral => false,
         })
         .map(|c| c.name.as_str())
         .collect();
@@ -373,8 +377,11 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         condition("Initialized", false, Some("ContainersNotInitialized"), Some(msg), &old, f.now)
     };
 
-    let unready: Vec<&str> =
-        containers.iter().filter(|c| c.kind != ContainerKind::Init && !c.ready()).map(|c| c.name.as_str()).collect();
+    let unready: Vec<&str> = containers
+        .iter()
+        .filter(|c| !matches!(c.kind, ContainerKind::Init | ContainerKind::Ephemeral) && !c.ready())
+        .map(|c| c.name.as_str())
+        .collect();
     let (containers_ready, ready) = match phase {
         "Succeeded" | "Failed" => {
             let reason = if phase == "Failed" { "PodFailed" } else { "PodCompleted" };
@@ -409,8 +416,11 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         condition("PodScheduled", true, None, None, &old, f.now),
     ];
 
-    let (init, app): (Vec<&ContainerView>, Vec<&ContainerView>) =
-        containers.iter().partition(|c| c.kind != ContainerKind::App);
+    let of = |kinds: &[ContainerKind]| -> Vec<ContainerStatus> {
+        containers.iter().filter(|c| kinds.contains(&c.kind)).map(|c| c.api()).collect()
+    };
+    let init = of(&[ContainerKind::Init, ContainerKind::Sidecar]);
+    let ephemeral = of(&[ContainerKind::Ephemeral]);
     PodStatus {
         phase: Some(phase.to_owned()),
         reason: f.failed.map(|(r, _)| r.to_owned()),
@@ -422,8 +432,9 @@ pub fn pod_status(f: &PodFacts<'_>, containers: &[ContainerView]) -> PodStatus {
         pod_ips: Some(vec![PodIP { ip: f.node_ip.to_owned() }]),
         start_time: Some(Time(f.start_time)),
         qos_class: Some(qos_class(f.pod).to_owned()),
-        init_container_statuses: (!init.is_empty()).then(|| init.iter().map(|c| c.api()).collect()),
-        container_statuses: Some(app.iter().map(|c| c.api()).collect()),
+        init_container_statuses: (!init.is_empty()).then_some(init),
+        container_statuses: Some(of(&[ContainerKind::App])),
+        ephemeral_container_statuses: (!ephemeral.is_empty()).then_some(ephemeral),
         ..PodStatus::default()
     }
 }

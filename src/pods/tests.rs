@@ -211,6 +211,7 @@ impl World {
             .iter()
             .flatten()
             .chain(s.container_statuses.iter().flatten())
+            .chain(s.ephemeral_container_statuses.iter().flatten())
             .find(|c| c.name == name)
             .cloned()
             .unwrap_or_default()
@@ -556,3 +557,64 @@ async fn changes_missed_while_disconnected_are_seen_after_a_resync() {
 
 mod adoption;
 mod limits;
+
+#[tokio::test(start_paused = true)]
+async fn ephemeral_containers_run_once_in_their_targets_context_and_stop_with_the_pod() {
+    let w = World::start().await;
+    let mut p = pod(
+        "dbg",
+        "e1",
+        serde_json::json!({"containers": [{"name": "app", "image": "/bin/app",
+            "securityContext": {"runAsUser": 1000}, "env": [{"name": "GREETING", "value": "hi"}]}]}),
+    );
+    w.apply(&p);
+    w.until("app running", |w| is_running(&w.container("e1", "app"))).await;
+    let add = |p: &mut Pod, e: serde_json::Value| {
+        let spec = p.spec.as_mut().unwrap();
+        spec.ephemeral_containers.get_or_insert_with(Vec::new).push(serde_json::from_value(e).unwrap());
+    };
+    // `kubectl debug --target=app`: started at once, as the target's user with its env.
+    add(
+        &mut p,
+        serde_json::json!({"name": "once", "image": "/bin/sh", "targetContainerName": "app", "command": ["/bin/sh", "-c", "id"]}),
+    );
+    w.apply(&p);
+    let once = unit("dbg", "once");
+    w.until("the ephemeral container runs", |w| is_running(&w.container("e1", "once"))).await;
+    let file = w.systemd.files()[&once].clone();
+    assert!(file.contains("ContainerType=ephemeral") && file.contains("User=1000"), "{file}");
+    assert!(file.contains("GREETING=hi"), "{file}");
+    let s = w.status("e1");
+    let e = &s.ephemeral_container_statuses.clone().unwrap()[0];
+    assert_eq!((e.name.as_str(), e.ready, e.started), ("once", false, None));
+    assert!(s.container_statuses.unwrap().iter().all(|c| c.name == "app"));
+    // It exits: Completed, never started again; the pod stays Running and Ready.
+    let started = w.starts(&once);
+    w.systemd.exit(&once, 0);
+    w.until("completed", |w| {
+        w.container("e1", "once")
+            .state
+            .and_then(|s| s.terminated)
+            .is_some_and(|t| t.reason.as_deref() == Some("Completed"))
+    })
+    .await;
+    w.run_for(Duration::from_secs(120)).await;
+    assert_eq!(w.starts(&once), started, "never restarted");
+    let s = w.status("e1");
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+    assert!(s.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(w.events.all().iter().all(|e| e.reason != "FieldIgnored"), "nothing ignored: {:?}", w.events.all());
+
+    // A second one keeps running until the pod is deleted: it is stopped with the apps.
+    add(&mut p, serde_json::json!({"name": "stay", "image": "/bin/sh", "command": ["sleep", "1d"]}));
+    w.apply(&p);
+    let stay = unit("dbg", "stay");
+    w.until("the second runs", |w| w.running(&stay)).await;
+    assert!(!w.systemd.files()[&stay].contains("User=1000"), "no target: its own context");
+    w.apply(&deleting(p, 30));
+    w.until("the pod object is deleted", |w| w.api.deleted().iter().any(|p| p.uid == "e1")).await;
+    let kills: Vec<String> = w.systemd.calls().into_iter().filter(|c| c.ends_with(" Main SIGTERM")).collect();
+    assert_eq!(kills, [format!("kill {stay} Main SIGTERM"), format!("kill {} Main SIGTERM", unit("dbg", "app"))]);
+    assert!(w.systemd.files().keys().all(|u| !u.starts_with("vks.ns.dbg.")), "{:?}", w.systemd.files().keys());
+    w.stop().await;
+}

@@ -11,6 +11,7 @@
 mod command;
 pub mod data;
 pub mod env;
+pub mod ephemeral;
 pub mod escape;
 pub mod exec_context;
 pub mod meta;
@@ -227,6 +228,15 @@ impl Confinement {
         }
         Ok(s)
     }
+}
+
+/// Every container vks runs for a pod, owned, with its role: [`pod_containers`] then the
+/// ephemeral containers as [`ephemeral::containers`] makes them.
+pub fn all_containers(spec: &PodSpec) -> Vec<(Container, ContainerKind)> {
+    let mut out: Vec<(Container, ContainerKind)> =
+        pod_containers(spec).into_iter().map(|(c, k)| (c.clone(), k)).collect();
+    out.extend(ephemeral::containers(spec).into_iter().map(|c| (c, ContainerKind::Ephemeral)));
+    out
 }
 
 /// The containers of a pod in the order they are started, with their role: init containers

@@ -362,7 +362,8 @@ pub fn pod_resources(pod: &Pod) -> Result<Resources, SpecError> {
                     sidecars.requests = sidecars.requests.add(r.requests);
                     sidecars.limits = sidecars.limits.add(r.limits);
                 }
-                ContainerKind::Init => {
+                // Ephemeral containers are not in pod_containers (no resources of their own).
+                ContainerKind::Init | ContainerKind::Ephemeral => {
                     init_max.requests = init_max.requests.max(sidecars.requests.add(r.requests));
                     init_max.limits = init_max.limits.max(sidecars.limits.add(r.limits));
                 }

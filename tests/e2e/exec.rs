@@ -287,6 +287,8 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
     drop(stdin);
     drop(echo);
 
+    ephemeral_containers(ns, p, &seen).await;
+
     // port-forward carries an HTTP request to the pod's port.
     let mut pf = Running::spawn(&["-n", ns, "port-forward", &format!("pod/{p}"), &format!(":{port}")], false);
     let line = pf.wait_out("Forwarding from 127.0.0.1:", LONG);
@@ -311,6 +313,64 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
     assert!(journal.contains(&format!("attach in {ns}/{p}/echo: [] over {transport}")), "{journal}");
 }
 
+/// The status of ephemeral container `name` of pod `p`.
+async fn ephemeral_status(ns: &str, p: &str, name: &str) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    let pod = get_pod(&client().await, ns, p).await?;
+    pod.status?.ephemeral_container_statuses?.into_iter().find(|c| c.name == name)
+}
+
+/// `kubectl debug` on pod `p`, whose container `main` runs with the user, working directory and
+/// environment `main_context` shows: an ephemeral container with `--target=main` runs once in
+/// that context, is never restarted and leaves the pod Running and Ready; one with `-i` is
+/// attached to.
+async fn ephemeral_containers(ns: &str, p: &str, main_context: &str) {
+    let ctx = "id; pwd; echo \"$GREETING|$POD_NAME\"";
+    // kubectl wants an image reference: Debian packages the node has (dash gives /bin/sh,
+    // coreutils /bin/cat), with the policy Never so that nothing is downloaded.
+    let debug = ["-n", ns, "debug", p, "--image-pull-policy=Never", "--target=main"];
+    kubectl(&[&debug[..], &["--image=dash", "-c", "dbg", "--", "/bin/sh", "-c", ctx]].concat());
+    let done = wait_for("the ephemeral container to complete", LONG, async || {
+        let s = ephemeral_status(ns, p, "dbg").await;
+        match s.as_ref().and_then(|s| s.state.as_ref()?.terminated.clone()) {
+            Some(t) => Ok(t),
+            None => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    assert_eq!((done.exit_code, done.reason.as_deref()), (0, Some("Completed")));
+    let logs = kubectl(&["-n", ns, "logs", p, "-c", "dbg"]);
+    assert_eq!(logs, main_context, "the ephemeral container runs as its target does");
+    hold_for("the ephemeral container not to run again", Duration::from_secs(3), async || {
+        let s = ephemeral_status(ns, p, "dbg").await.ok_or("gone")?;
+        let again = s.restart_count != 0 || s.state.as_ref().is_none_or(|st| st.terminated.is_none());
+        if again { Err(format!("{s:?}")) } else { Ok(()) }
+    })
+    .await;
+    let pod = get_pod(&client().await, ns, p).await.unwrap();
+    assert_eq!(phase(&pod), "Running");
+    let conditions = pod.status.unwrap().conditions.unwrap();
+    assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{conditions:?}");
+    assert!(!crate::data::events(ns, p).iter().any(|e| e.contains("FieldIgnored")), "nothing is ignored");
+
+    // `kubectl debug -i`: kubectl waits for it to run, then attaches to its stdin and output.
+    let mut dbg =
+        Running::spawn(&[&debug[..], &["-i", "--image=coreutils", "-c", "dbg-i", "--", "/bin/cat"]].concat(), true);
+    let end = Instant::now() + LONG;
+    let mut stdin = dbg.child.stdin.take().unwrap();
+    loop {
+        writeln!(stdin, "ping-through-debug").unwrap();
+        stdin.flush().unwrap();
+        if dbg.out.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains("ping-through-debug")) {
+            break;
+        }
+        assert!(Instant::now() < end, "no echo through debug -i; stderr: {:?}", dbg.err.try_iter().collect::<Vec<_>>());
+    }
+    drop(stdin);
+    drop(dbg);
+    let s = ephemeral_status(ns, p, "dbg-i").await.unwrap();
+    assert!(s.state.unwrap().running.is_some(), "it runs on after the session");
+}
+
 fn port_for(offset: u16) -> u16 {
     20_000 + (std::process::id() % 4000) as u16 * 2 + offset
 }
@@ -324,17 +384,6 @@ async fn exec_attach_port_forward_over_websocket() {
     let features = node.object(&client).await.status.and_then(|s| s.declared_features).unwrap_or_default();
     assert_eq!(features, ["ExtendWebSocketsToKubelet"]);
     battery(&node, &ns.name, "WebSocket", port_for(0)).await;
-    // `kubectl debug` adds an ephemeral container, which vks does not run yet: a Warning says so.
-    let p = "streams";
-    kubectl(&["-n", &ns.name, "debug", p, "--image=busybox", "--target=main", "--container=dbg", "--", "true"]);
-    wait_for("the FieldIgnored event of the ephemeral container", LONG, async || {
-        let ev = crate::data::events(&ns.name, p);
-        match ev.iter().find(|e| e.contains("ephemeral container dbg: ephemeralContainers are not run by vks yet")) {
-            Some(e) => Ok(e.clone()),
-            None => Err(format!("{ev:?}")),
-        }
-    })
-    .await;
 }
 
 #[tokio::test]

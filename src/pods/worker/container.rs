@@ -141,6 +141,13 @@ impl Ctr {
             message: Some("the container's unit was lost (the node restarted)".into()),
             ..ContainerStateTerminated::default()
         });
+        // An ephemeral container never runs twice: a lost run stays its last word.
+        let (lost_run, observed_exit) = match (kind, lost_run) {
+            (ContainerKind::Ephemeral, Some(lost)) => {
+                (None, Some(prev.and_then(|p| p.state.as_ref()?.terminated.clone()).unwrap_or(lost)))
+            }
+            (_, lost) => (lost, None),
+        };
         Ctr {
             spec,
             kind,
@@ -159,7 +166,7 @@ impl Ctr {
             blocked: None,
             adopted_image_id: adopted.map(|m| m.image_id.clone()),
             image_failures: 0,
-            observed_exit: None,
+            observed_exit: observed_exit.map(Box::new),
             lost_run,
             oom_exit: None,
             applied: None,
@@ -300,12 +307,19 @@ pub fn next(run: &UnitRun, policy: RestartPolicy, restart_at: Option<SystemTime>
 /// succeeded and no earlier one is running or restarting; a sidecar when the ones before it are
 /// running, one at a time (the next waits until it runs); app containers once every init
 /// container succeeded and every sidecar runs, in order, an app whose postStart hook runs
-/// (`Starting`) holding back the apps after it (the kubelet starts them one by one).
+/// (`Starting`) holding back the apps after it (the kubelet starts them one by one). Ephemeral
+/// containers start as soon as they are added, also before initialization finished (as the
+/// kubelet), and come first in the list.
 pub fn launches(containers: &[(ContainerKind, Next)]) -> Vec<usize> {
-    let mut out = Vec::new();
+    let mut out: Vec<usize> = containers
+        .iter()
+        .enumerate()
+        .filter(|(_, (kind, next))| *kind == ContainerKind::Ephemeral && *next == Next::Launch)
+        .map(|(i, _)| i)
+        .collect();
     for (i, (kind, next)) in containers.iter().enumerate() {
         match (kind, next) {
-            (ContainerKind::App, _) => continue,
+            (ContainerKind::App | ContainerKind::Ephemeral, _) => continue,
             (ContainerKind::Init, Next::Succeeded) => continue,
             (ContainerKind::Init, Next::Launch) => {
                 out.push(i);
@@ -333,7 +347,7 @@ pub fn launches(containers: &[(ContainerKind, Next)]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ContainerKind::{App, Init, Sidecar};
+    use ContainerKind::{App, Ephemeral, Init, Sidecar};
 
     fn exited(code: i32) -> UnitRun {
         UnitRun::Exited(Box::new(ContainerStateTerminated { exit_code: code, ..Default::default() }))
@@ -376,5 +390,9 @@ mod tests {
         assert_eq!(launches(&[(Sidecar, Starting), (Sidecar, Launch), (App, Launch)]), Vec::<usize>::new());
         assert_eq!(launches(&[(App, Running), (App, Starting), (App, Launch)]), Vec::<usize>::new());
         assert_eq!(launches(&[(App, Launch), (App, Starting), (App, Launch)]), [0]);
+        // Ephemeral containers start whenever they are added, and never again.
+        assert_eq!(launches(&[(Init, Running), (App, Launch), (Ephemeral, Launch)]), [2]);
+        assert_eq!(launches(&[(App, Running), (Ephemeral, Succeeded), (Ephemeral, Launch)]), [2]);
+        assert_eq!(launches(&[(App, Launch), (Ephemeral, Launch)]), [1, 0]);
     }
 }

@@ -210,6 +210,14 @@ pub enum Msg {
     Hook(Box<HookDone>),
 }
 
+/// The units of every container of `pod`, ephemeral ones included (a worker adds the units of
+/// ephemeral containers when they are added to its pod).
+pub fn unit_names_of(pod: &Pod) -> Vec<String> {
+    let id = PodRef::of(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    unit::all_containers(&spec).iter().map(|(c, _)| unit::name::unit_name(&id.namespace, &id.name, &c.name)).collect()
+}
+
 /// A unit of this pod found on the node when the worker started.
 #[derive(Debug, Clone)]
 pub struct Adopted {
@@ -298,17 +306,18 @@ impl Worker {
         let pod_policy = RestartPolicy::of_pod(Some(&spec));
         let now = shared.clock.wall();
         let mut ctrs = Vec::new();
-        for (c, kind) in unit::pod_containers(&spec) {
-            let list = if kind == ContainerKind::App {
-                &api_status.container_statuses
-            } else {
-                &api_status.init_container_statuses
+        for (c, kind) in unit::all_containers(&spec) {
+            let list = match kind {
+                ContainerKind::App => &api_status.container_statuses,
+                ContainerKind::Init | ContainerKind::Sidecar => &api_status.init_container_statuses,
+                ContainerKind::Ephemeral => &api_status.ephemeral_container_statuses,
             };
             let prev = list.iter().flatten().find(|s| s.name == c.name);
             let unit = unit::name::unit_name(&id.namespace, &id.name, &c.name);
             let adopted_meta = adopted.iter().find(|a| a.unit == unit).map(|a| &a.meta);
-            let mut ctr = Ctr::new(c.clone(), kind, pod_policy.for_container(kind), unit, prev, adopted_meta, now);
-            ctr.probes = crate::probes::ProbeSpec::of_container(c).into_iter().map(probe::ProbeState::new).collect();
+            let probes = crate::probes::ProbeSpec::of_container(&c);
+            let mut ctr = Ctr::new(c, kind, pod_policy.for_container(kind), unit, prev, adopted_meta, now);
+            ctr.probes = probes.into_iter().map(probe::ProbeState::new).collect();
             if ctr.written.is_some() {
                 let _ = shared.claim(&ctr.unit, &id.uid);
             }
@@ -316,7 +325,7 @@ impl Worker {
                 log::info!(
                     pod = id.to_string().as_str();
                     "container {} of pod {id} ran before but its unit is gone (node restarted): starting it again",
-                    c.name
+                    ctr.spec.name
                 );
             }
             ctr.backoff =
@@ -436,12 +445,19 @@ impl Worker {
     /// Picks up changed container specs (only images may change in a pod).
     fn update_specs(&mut self) {
         let spec = self.pod.spec.clone().unwrap_or_default();
-        for c in &mut self.ctrs {
-            if let Some((new, _)) = unit::pod_containers(&spec).into_iter().find(|(n, _)| n.name == c.spec.name) {
+        let policy = RestartPolicy::of_pod(Some(&spec));
+        let now = self.shared.clock.wall();
+        for (new, kind) in unit::all_containers(&spec) {
+            if let Some(c) = self.ctrs.iter_mut().find(|c| c.spec.name == new.name) {
                 if new.image != c.spec.image {
                     c.image = ImageState::Unresolved;
                 }
-                c.spec = new.clone();
+                c.spec = new;
+            } else if kind == ContainerKind::Ephemeral {
+                // `kubectl debug` added it: it starts in the next round.
+                let unit = unit::name::unit_name(&self.id.namespace, &self.id.name, &new.name);
+                log::info!(pod = self.id.to_string().as_str(); "pod {}: ephemeral container {} added", self.id, new.name);
+                self.ctrs.push(Ctr::new(new, kind, policy.for_container(kind), unit, None, None, now));
             }
         }
     }

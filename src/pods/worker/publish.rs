@@ -25,7 +25,7 @@ impl Worker {
         let pending_init = self.ctrs.iter().any(|c| match c.kind {
             ContainerKind::Init => !c.succeeded(),
             ContainerKind::Sidecar => !c.running() && c.exited().is_none(),
-            ContainerKind::App => false,
+            ContainerKind::App | ContainerKind::Ephemeral => false,
         });
         self.ctrs
             .iter()

@@ -1,5 +1,5 @@
 //! Graceful deletion, as the kubelet does it: the stop signal (after the preStop hook, see
-//! `stop.rs`) to the app (and init) containers, then to the sidecars once the apps are gone,
+//! `stop.rs`) to the app (init, ephemeral) containers, then to the sidecars once the apps are gone,
 //! SIGKILL to whatever still runs at the end of the grace period; then the units and the pod
 //! directory are removed and the pod object deleted. A pod past its `activeDeadlineSeconds`
 //! stops the same way but stays (Failed, its units kept) until it is deleted.
@@ -99,7 +99,8 @@ impl Worker {
             c.restart_at = None;
         }
         if self.deletion.as_ref().is_some_and(|d| now >= d.deadline) {
-            self.signal(&[ContainerKind::App, ContainerKind::Init, ContainerKind::Sidecar], Signal::SIGKILL).await;
+            let all = [ContainerKind::App, ContainerKind::Init, ContainerKind::Ephemeral, ContainerKind::Sidecar];
+            self.signal(&all, Signal::SIGKILL).await;
             if let Some(d) = self.deletion.as_mut() {
                 if !d.sent_sigkill {
                     log::info!(pod = self.id.to_string().as_str(); "grace period of pod {} over: killing what still runs", self.id);
@@ -109,7 +110,7 @@ impl Worker {
             }
         }
         if self.ctrs.iter().any(|c| c.kind != ContainerKind::Sidecar && c.running()) {
-            self.signal(&[ContainerKind::App, ContainerKind::Init], Signal::SIGTERM).await;
+            self.signal(&[ContainerKind::App, ContainerKind::Init, ContainerKind::Ephemeral], Signal::SIGTERM).await;
             self.publish().await;
             return Flow::Continue;
         }
@@ -187,14 +188,15 @@ impl Worker {
         Flow::Done
     }
 
-    /// Stops the sidecars of a pod whose app containers are done, last first.
+    /// Stops the sidecars and ephemeral containers of a pod whose app containers are done, last
+    /// first.
     pub(super) async fn stop_sidecars(&mut self) {
         for i in (0..self.ctrs.len()).rev() {
             let c = &self.ctrs[i];
-            if c.kind == ContainerKind::Sidecar && c.running() {
+            if matches!(c.kind, ContainerKind::Sidecar | ContainerKind::Ephemeral) && c.running() {
                 let unit = c.unit.clone();
                 if let Err(e) = self.shared.systemd.stop(&unit).await {
-                    log::warn!(unit = unit.as_str(); "stopping sidecar unit {unit}: {e}");
+                    log::warn!(unit = unit.as_str(); "stopping {} unit {unit}: {e}", c.kind);
                 }
             }
         }
