@@ -47,6 +47,22 @@ pub enum Command {
     /// pod or container when it does not exist on this node. Needs root (or the systemd-journal
     /// group).
     Logs(LogsArgs),
+    /// The main process of a container with `tty: true` (in its unit; not for people): runs
+    /// PROGRAM on a terminal and serves attach sessions on DIR/tty.
+    #[command(hide = true)]
+    TtyShim(TtyShimArgs),
+}
+
+/// `vks tty-shim` arguments.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct TtyShimArgs {
+    /// The container's runtime directory.
+    pub dir: PathBuf,
+    /// The program, an absolute path.
+    pub program: String,
+    /// Its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 /// `vks pods` options.
@@ -116,5 +132,15 @@ mod tests {
         let r = l.request();
         assert_eq!((r.pod.as_str(), r.container.as_deref(), r.follow, r.tail), ("web-n1", Some("app"), true, Some(20)));
         assert!(Cli::try_parse_from(["vks", "logs"]).is_err(), "the pod is required");
+    }
+
+    #[test]
+    fn the_tty_shim_takes_the_program_line_as_it_is() {
+        let c = Cli::try_parse_from(["vks", "tty-shim", "/run/d", "/bin/sh", "-c", "echo --x"]).unwrap();
+        let Some(Command::TtyShim(a)) = c.command else { panic!() };
+        assert_eq!(
+            (a.dir, a.program, a.args),
+            (PathBuf::from("/run/d"), "/bin/sh".into(), vec!["-c".into(), "echo --x".into()])
+        );
     }
 }

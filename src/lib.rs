@@ -53,6 +53,7 @@ pub mod shutdown;
 pub mod static_pods;
 pub mod systemd;
 pub mod token;
+pub mod tty_shim;
 pub mod tunnel;
 pub mod unit;
 pub mod volumes;

@@ -20,6 +20,10 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
+    // Runs in a container's sandbox, where the config is out of reach: before loading it.
+    if let Some(Command::TtyShim(a)) = &cli.command {
+        return ExitCode::from(u8::try_from(vks::tty_shim::main(&a.dir, &a.program, &a.args)).unwrap_or(1));
+    }
     let config = match Config::load(&cli.config, &vks::host::hostname()) {
         Ok(c) => c,
         Err(e) => {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
             Ok(0)
         }),
         Command::Logs(args) => inspect(&config, async |c| vks::inspect::logs::logs(c, &args.request()).await),
+        Command::TtyShim(_) => ExitCode::FAILURE,
     }
 }
 

@@ -176,7 +176,11 @@ pub const CONTAINER_FIELDS: &[Field] = &[
     f("stdinOnce", Ignored, "the FIFO stays open across attach sessions (Warning event)"),
     f("terminationMessagePath", Honoured, "a per-container file bound at this path; its last 4 KiB are the message"),
     f("terminationMessagePolicy", Honoured, "FallbackToLogsOnError takes the last 80 lines (2 KiB) from the journal"),
-    f("tty", Ignored, "true: vks gives containers no terminal; `attach -t` is refused (Warning event)"),
+    f(
+        "tty",
+        Honoured,
+        "true: the program runs on a terminal held by `vks tty-shim` (its main process); `kubectl attach -it` types into it and sizes it; its output is the container's log",
+    ),
     f("volumeDevices", Refused, "no block devices"),
     f(
         "volumeMounts",
@@ -374,9 +378,6 @@ pub fn added_ephemeral_containers(old: &Pod, new: &Pod) -> Vec<String> {
 /// What vks ignores in container `c` (`what` names its kind in the message).
 fn container_warnings(c: &Container, what: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if c.tty == Some(true) {
-        out.push(format!("{what} {}: tty is ignored: vks gives containers no terminal", c.name));
-    }
     if c.stdin == Some(true) && c.stdin_once == Some(true) {
         out.push(format!(
             "{what} {}: stdinOnce is ignored: the container's stdin stays open across attach sessions",
@@ -629,11 +630,16 @@ mod tests {
             .unwrap()
         };
         let none = pod(serde_json::json!([]));
-        let one = pod(serde_json::json!([{"name": "debugger-1", "image": "/bin/sh", "tty": true, "stdin": true}]));
-        let two = pod(serde_json::json!([{"name": "debugger-1", "tty": true}, {"name": "debugger-2", "tty": true}]));
+        let one =
+            pod(serde_json::json!([{"name": "debugger-1", "image": "/bin/sh", "stdinOnce": true, "stdin": true}]));
+        let two = pod(
+            serde_json::json!([{"name": "debugger-1", "stdin": true, "stdinOnce": true}, {"name": "debugger-2", "stdin": true, "stdinOnce": true}]),
+        );
         assert_eq!(
             added_ephemeral_containers(&none, &one),
-            ["ephemeral container debugger-1: tty is ignored: vks gives containers no terminal"]
+            [
+                "ephemeral container debugger-1: stdinOnce is ignored: the container's stdin stays open across attach sessions"
+            ]
         );
         assert_eq!(added_ephemeral_containers(&one, &two).len(), 1);
         assert!(added_ephemeral_containers(&two, &two).is_empty());

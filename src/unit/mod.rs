@@ -31,7 +31,7 @@ pub use self::data::{BindMount, ContainerData, PodData};
 pub use self::env::{ResolvedEnv, expand, resolve_env};
 use self::escape::{Unrepresentable, directive};
 pub use self::meta::{ContainerKind, UnitMeta};
-pub use self::stdin::stdin_fifo;
+pub use self::stdin::{stdin_fifo, tty_socket};
 
 /// A container that cannot be turned into a unit, with the kubelet's waiting reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +151,9 @@ pub struct UnitSpec {
     /// The container reads stdin (`stdin: true`): it reads a FIFO that `kubectl attach` writes
     /// to (see [`stdin_fifo`]).
     pub stdin: bool,
+    /// The container has a terminal (`tty: true`): its program runs under `vks tty-shim`, which
+    /// holds the terminal and serves `kubectl attach` (see [`stdin::tty_socket`]).
+    pub tty: bool,
     // --- Data (issue 12): env values from Secrets and volume mounts. ---
     /// Environment values from Secrets (and values expanded from them): written by the worker
     /// to `env_file` (tmpfs, root only), never into the unit file.
@@ -354,6 +357,7 @@ pub fn plan(
         stop_timeout_secs: spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0),
         confinement,
         stdin: c.stdin.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
         secret_env: SecretEnv(secret_env),
         env_file,
         mounts: data.mounts.clone(),
@@ -425,7 +429,7 @@ pub fn render(u: &UnitSpec) -> Result<String, SpecError> {
             .map_err(|e| bad(format!("env {k:?}"), e))?;
         s.push_str(&line);
     }
-    if u.stdin {
+    if u.stdin || u.tty {
         s.push_str(&format!("RuntimeDirectory={}\n", stdin::stdin_dir(&u.name)));
         // Bound back over the tmpfs a confined container sees at /run/vks-stdin.
         let dir = format!("/run/{}", stdin::stdin_dir(&u.name));

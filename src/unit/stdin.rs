@@ -1,4 +1,5 @@
-//! `stdin: true`: how a container gets an input that `kubectl attach -i` can write to.
+//! `stdin: true`: how a container gets an input that `kubectl attach -i` can write to; and
+//! `tty: true`: how it gets a terminal that `kubectl attach -it` types into.
 
 use super::escape::{self, Unrepresentable};
 use super::{Arg, UnitSpec};
@@ -18,14 +19,30 @@ pub fn stdin_fifo(unit: &str) -> String {
     format!("/run/{}/stdin", stdin_dir(unit))
 }
 
+/// The vks binary, as the package installs it: the main process of `tty: true` containers.
+pub const VKS_BIN: &str = "/usr/bin/vks";
+
+/// Where `vks tty-shim` of a container with `tty: true` listens for attach sessions.
+pub fn tty_socket(unit: &str) -> String {
+    format!("/run/{}/tty", stdin_dir(unit))
+}
+
 /// The `ExecStart=` value. A container with `stdin: true` starts through `/bin/sh`, which makes
 /// the FIFO [`stdin_fifo`] in the unit's runtime directory (owned by the container's user),
 /// opens it read-write as its stdin — so the container never reads end of input between attach
 /// sessions, whoever attaches and whether vks runs — and `exec`s the container's program (same
 /// PID; its `argv[0]` is then the program's path). systemd's own stdin would not do: it applies
-/// to `ExecStartPre=` too, and a FIFO nobody holds blocks the open. (A container with
-/// `tty: true` gets no terminal yet.)
+/// to `ExecStartPre=` too, and a FIFO nobody holds blocks the open. A container with
+/// `tty: true` instead runs under `vks tty-shim` (see `crate::tty_shim`), which holds its
+/// terminal and takes attach sessions on [`tty_socket`].
 pub(super) fn exec_start(u: &UnitSpec) -> Result<String, Unrepresentable> {
+    if u.tty {
+        let mut argv = vec![Arg::Lit("vks".into()), Arg::Lit("tty-shim".into())];
+        argv.push(Arg::Lit(format!("/run/{}", stdin_dir(&u.name))));
+        argv.push(Arg::Lit(u.executable.clone()));
+        argv.extend(u.argv.iter().skip(1).cloned());
+        return escape::exec_line(VKS_BIN, &argv);
+    }
     if !u.stdin {
         return escape::exec_line(&u.executable, &u.argv);
     }
@@ -107,5 +124,25 @@ mod tests {
         assert!(file.contains("ExecStart=\"@/bin/cat\" \"/bin/cat\"\n"), "{file}");
         assert!(!file.contains("RuntimeDirectory") && !file.contains("BindPaths"), "{file}");
         assert!(file.contains("TemporaryFileSystem=/run/vks-stdin\n"), "{file}");
+    }
+
+    #[test]
+    fn a_container_with_a_tty_runs_under_the_shim_in_its_own_directory() {
+        let mut p = pod();
+        let c = container(serde_json::json!({"name": "c", "command": ["sh", "-i"], "tty": true, "stdin": true}));
+        p.spec.as_mut().unwrap().containers = vec![c.clone()];
+        let data = crate::unit::ContainerData::default();
+        let u =
+            plan(&p, &c, ContainerKind::App, &ImageInfo::default(), &node(), &data, |e| e == "/usr/bin/sh").unwrap();
+        let file = render(&u).unwrap();
+        assert!(
+            file.contains(
+                "ExecStart=\"@/usr/bin/vks\" \"vks\" \"tty-shim\" \"/run/vks-stdin/vks.ns.p.c.service\" \
+                 \"/usr/bin/sh\" \"-i\"\n"
+            ),
+            "{file}"
+        );
+        assert!(file.contains("RuntimeDirectory=vks-stdin/vks.ns.p.c.service\n"), "{file}");
+        assert_eq!(tty_socket(&u.name), "/run/vks-stdin/vks.ns.p.c.service/tty");
     }
 }

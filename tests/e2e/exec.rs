@@ -114,9 +114,14 @@ fn kubectl_with_input(args: &[&str], input: &str) -> (i32, String, String) {
 /// Gives kubectl a terminal of `rows`x`cols` (a Python pty), types `input` once the remote shell
 /// prompted; (exit code, everything the terminal showed).
 fn kubectl_in_terminal(rows: u16, cols: u16, input: &str, args: &[&str]) -> (i32, String) {
+    kubectl_in_terminal_after("# ", rows, cols, input, args)
+}
+
+/// [`kubectl_in_terminal`], typing once `ready` was seen on the terminal.
+fn kubectl_in_terminal_after(ready: &str, rows: u16, cols: u16, input: &str, args: &[&str]) -> (i32, String) {
     const PTY: &str = r#"
 import fcntl, os, pty, select, struct, sys, termios, time
-rows, cols, inp, cmd = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4:]
+rows, cols, inp, ready, cmd = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4].encode(), sys.argv[5:]
 pid, fd = pty.fork()
 if pid == 0:
     fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
@@ -132,7 +137,7 @@ while time.time() - start < 60:
         if not data:
             break
         out += data
-    if not sent and (b'# ' in out or time.time() - start > 10):
+    if not sent and (ready in out or time.time() - start > 10):
         os.write(fd, inp)
         sent = True
 _, status = os.waitpid(pid, 0)
@@ -141,7 +146,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 "#;
     let out = Command::new("python3")
         .env("KUBECONFIG", kubeconfig())
-        .args(["-c", PTY, &rows.to_string(), &cols.to_string(), input, "kubectl"])
+        .args(["-c", PTY, &rows.to_string(), &cols.to_string(), input, ready, "kubectl"])
         .args(args)
         .output()
         .expect("python3");
@@ -180,6 +185,7 @@ fn streams_pod(name: &str, node: &Node, port: u16) -> serde_json::Value {
                  "env": [{"name": "GREETING", "value": "hello world"},
                          {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
                 {"name": "echo", "image": "/bin/cat", "command": ["/bin/cat"], "stdin": true},
+                {"name": "term", "image": "/bin/sh", "command": ["/bin/sh"], "stdin": true, "tty": true},
                 {"name": "talker", "image": "/bin/sh",
                  "command": ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.3; done"]},
                 {"name": "web", "image": "/usr/bin/perl", "command": ["/usr/bin/perl", "-MIO::Socket::INET", "-e", web],
@@ -287,6 +293,32 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
     drop(stdin);
     drop(echo);
 
+    // attach -it: the terminal of a tty: true container, of the client's size; the shell's
+    // output is the container's log too.
+    let (_, screen) = kubectl_in_terminal_after(
+        "try pressing enter",
+        27,
+        93,
+        "sleep 1; tty; stty size; echo $((6 * 7))-from-the-terminal; exit 3\n",
+        &["-n", ns, "attach", "-it", p, "-c", "term"],
+    );
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("27 93"), "{screen}");
+    assert!(screen.contains("42-from-the-terminal"), "{screen}");
+    let ended = wait_for("the shell's exit in the container status", LONG, async || {
+        let pod = get_pod(&client, ns, p).await.ok_or("gone")?;
+        let statuses = pod.status.and_then(|s| s.container_statuses).unwrap_or_default();
+        let term = statuses.into_iter().find(|c| c.name == "term").ok_or("no status")?;
+        match term.last_state.and_then(|s| s.terminated) {
+            Some(t) => Ok(t),
+            None => Err(format!("{:?}", term.state)),
+        }
+    })
+    .await;
+    assert_eq!(ended.exit_code, 3, "the shim exits with the program's code");
+    let logs = kubectl(&["-n", ns, "logs", p, "-c", "term", "--previous"]);
+    assert!(logs.contains("42-from-the-terminal"), "{logs}");
+
     ephemeral_containers(ns, p, &seen).await;
 
     // port-forward carries an HTTP request to the pod's port.
@@ -369,6 +401,16 @@ async fn ephemeral_containers(ns: &str, p: &str, main_context: &str) {
     drop(dbg);
     let s = ephemeral_status(ns, p, "dbg-i").await.unwrap();
     assert!(s.state.unwrap().running.is_some(), "it runs on after the session");
+
+    // `kubectl debug -it`: a shell on a terminal of the client's size, in the target's context.
+    let (_, screen) = kubectl_in_terminal_after(
+        "try pressing enter",
+        21,
+        77,
+        "sleep 1; stty size; echo \"debug-$((6 * 7))|$GREETING\"; exit 0\n",
+        &[&debug[..], &["-it", "--image=dash", "-c", "dbg-t", "--", "/bin/sh"]].concat(),
+    );
+    assert!(screen.contains("21 77") && screen.contains("debug-42|hello world"), "{screen}");
 }
 
 fn port_for(offset: u16) -> u16 {

@@ -4,9 +4,14 @@
 //! with `stdin: true` reads ([`stdin_fifo`], see `unit::render`). The session ends when the
 //! container stops or the client detaches.
 //!
-//! Not supported: a terminal (`tty: true` containers get none from vks yet), telling stdout from
-//! stderr (the journal keeps them apart only by priority; both arrive on the client's stdout),
-//! and `stdinOnce` (the container's stdin stays open after the client detaches).
+//! A container with `tty: true` runs under `vks tty-shim` ([`crate::tty_shim`]), which holds its
+//! terminal: attach then connects to the shim's socket, a data session (the terminal's output
+//! from now on; the client's input typed into it) and, with `-t`, a control session for the
+//! client's window size.
+//!
+//! Not supported: telling stdout from stderr (the journal keeps them apart only by priority; both
+//! arrive on the client's stdout), and `stdinOnce` (the container's stdin stays open after the
+//! client detaches).
 
 use std::process::Stdio as ProcessStdio;
 use std::sync::Arc;
@@ -14,16 +19,31 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::backend::{ContainerUnit, Control, ExitStatus, Process, Stdio};
+use tokio::io::AsyncWriteExt;
+
+use super::backend::{ContainerUnit, Control, ExitStatus, Process, Stdio, Terminal};
+use super::channels::TermSize;
 use crate::systemd::{ActiveState, Systemd};
 
-use crate::unit::stdin_fifo;
+use crate::unit::{stdin_fifo, tty_socket};
 
 struct AttachControl {
     systemd: Arc<dyn Systemd>,
     unit: String,
     invocation: String,
-    follower: tokio::process::Child,
+    /// journalctl following the output (none with a terminal: the shim sends it).
+    follower: Option<tokio::process::Child>,
+}
+
+impl AttachControl {
+    async fn follower_ended(&mut self) {
+        match self.follower.as_mut() {
+            Some(f) => {
+                let _ = f.wait().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 #[async_trait]
@@ -31,7 +51,7 @@ impl Control for AttachControl {
     async fn wait(&mut self) -> Result<ExitStatus, String> {
         loop {
             tokio::select! {
-                _ = self.follower.wait() => return Err(format!("following the journal of {} ended", self.unit)),
+                () = self.follower_ended() => return Err(format!("following the journal of {} ended", self.unit)),
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             match self.systemd.status(&self.unit).await {
@@ -43,7 +63,9 @@ impl Control for AttachControl {
                 _ => {
                     // Give the journal a moment to deliver its last lines.
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = self.follower.start_kill();
+                    if let Some(f) = self.follower.as_mut() {
+                        let _ = f.start_kill();
+                    }
                     return Ok(ExitStatus::Code(0));
                 }
             }
@@ -51,18 +73,74 @@ impl Control for AttachControl {
     }
 
     async fn kill(&mut self) {
-        let _ = self.follower.start_kill();
-        let _ = self.follower.wait().await;
+        if let Some(f) = self.follower.as_mut() {
+            let _ = f.start_kill();
+            let _ = f.wait().await;
+        }
     }
+}
+
+/// The window size of a terminal held by `vks tty-shim`, set through its control session.
+struct ShimTerminal {
+    control: std::sync::Mutex<std::os::unix::net::UnixStream>,
+}
+
+impl Terminal for ShimTerminal {
+    fn resize(&self, size: TermSize) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        // A line of a few bytes on a local socket the shim reads at once: it does not block.
+        c.write_all(format!("{} {}\n", size.height, size.width).as_bytes())
+    }
+}
+
+/// Attaches to the terminal of a `tty: true` container through its shim's socket.
+async fn attach_terminal(
+    c: &ContainerUnit,
+    socket: &str,
+    stdio: Stdio,
+    systemd: Arc<dyn Systemd>,
+) -> Result<Process, String> {
+    let name = &c.meta.container;
+    let failed = |e: std::io::Error| format!("attaching to the terminal of container {name:?} ({socket}): {e}");
+    let mut data = tokio::net::UnixStream::connect(socket).await.map_err(failed)?;
+    data.write_all(&[crate::tty_shim::DATA]).await.map_err(failed)?;
+    let terminal = match stdio.tty {
+        Some(size) => {
+            let mut control = std::os::unix::net::UnixStream::connect(socket).map_err(failed)?;
+            std::io::Write::write_all(&mut control, &[crate::tty_shim::CONTROL]).map_err(failed)?;
+            let t = ShimTerminal { control: std::sync::Mutex::new(control) };
+            if let Some(size) = size {
+                t.resize(size).map_err(failed)?;
+            }
+            Some(Box::new(t) as Box<dyn Terminal>)
+        }
+        None => None,
+    };
+    let (read, write) = data.into_split();
+    Ok(Process {
+        stdin: stdio.stdin.then(|| Box::new(write) as _),
+        stdout: Some(Box::new(read) as _),
+        stderr: None,
+        terminal,
+        control: Box::new(AttachControl {
+            systemd,
+            unit: c.unit.clone(),
+            invocation: c.invocation.clone(),
+            follower: None,
+        }),
+    })
 }
 
 /// Attaches to the container of `c`.
 pub async fn attach(c: &ContainerUnit, stdio: Stdio, systemd: Arc<dyn Systemd>) -> Result<Process, String> {
     let name = &c.meta.container;
+    let socket = tty_socket(&c.unit);
+    if tokio::fs::try_exists(&socket).await.unwrap_or(false) {
+        return attach_terminal(c, &socket, stdio, systemd).await;
+    }
     if stdio.tty.is_some() {
-        return Err(format!(
-            "container {name:?} has no terminal to attach to: vks does not give containers a terminal (tty: true) yet"
-        ));
+        return Err(format!("container {name:?} has no terminal to attach to: its pod does not set tty: true"));
     }
     let stdin = if stdio.stdin {
         let path = stdin_fifo(&c.unit);
@@ -92,6 +170,11 @@ pub async fn attach(c: &ContainerUnit, stdio: Stdio, systemd: Arc<dyn Systemd>) 
         stdout,
         stderr,
         terminal: None,
-        control: Box::new(AttachControl { systemd, unit: c.unit.clone(), invocation: c.invocation.clone(), follower }),
+        control: Box::new(AttachControl {
+            systemd,
+            unit: c.unit.clone(),
+            invocation: c.invocation.clone(),
+            follower: Some(follower),
+        }),
     })
 }
