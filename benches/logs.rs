@@ -51,8 +51,8 @@ fn vks_memory(node: &str) -> (u64, usize) {
     (rss, procs.trim().parse().unwrap_or(0))
 }
 
-/// A container that writes `mb` MB of random text in `line`-byte lines when /tmp/go exists
-/// (or at once with `now`), then sleeps.
+/// A container that writes `mb` MB of random text in `line`-byte lines when
+/// /tmp/vks-logbench-go exists in its private /tmp (or at once with `now`), then sleeps.
 fn writer(mb: usize, line: usize, now: bool) -> serde_json::Value {
     let script = format!(
         "import os, random, string, sys, time\n\
@@ -73,8 +73,9 @@ fn writer(mb: usize, line: usize, now: bool) -> serde_json::Value {
     serde_json::json!({ "name": "w", "image": "/usr/bin/python3", "command": ["/usr/bin/python3", "-u", "-c", script] })
 }
 
-/// Time until `bytes` arrived from `kubectl logs -f`.
-fn follow_until(kubeconfig: &str, ns: &str, pod: &str, bytes: usize, start_writer: Option<&str>) -> Duration {
+/// Time until `bytes` arrived from `kubectl logs -f`; with `start_writer` the pod's writer waits
+/// to be told to start (after 2 s).
+fn follow_until(kubeconfig: &str, ns: &str, pod: &str, bytes: usize, start_writer: bool) -> Duration {
     let mut child = Command::new("kubectl")
         .env("KUBECONFIG", kubeconfig)
         .args(["logs", "-f", "-n", ns, pod])
@@ -84,9 +85,19 @@ fn follow_until(kubeconfig: &str, ns: &str, pod: &str, bytes: usize, start_write
         .unwrap();
     let mut out = child.stdout.take().unwrap();
     let start = Instant::now();
-    if let Some(node) = start_writer {
+    if start_writer {
         std::thread::sleep(Duration::from_secs(2));
-        node_exec(node, &["touch", "/tmp/vks-logbench-go"]);
+        // The container's /tmp is its own (PrivateTmp=yes, the default hardening): kubectl exec
+        // shares it.
+        sh(Command::new("kubectl").env("KUBECONFIG", kubeconfig).args([
+            "exec",
+            "-n",
+            ns,
+            pod,
+            "--",
+            "/usr/bin/touch",
+            "/tmp/vks-logbench-go",
+        ]));
     }
     let mut first: Option<Instant> = None;
     let mut got = 0usize;
@@ -99,10 +110,7 @@ fn follow_until(kubeconfig: &str, ns: &str, pod: &str, bytes: usize, start_write
     }
     let _ = child.kill();
     let _ = child.wait();
-    match start_writer {
-        Some(_) => first.map_or(start.elapsed(), |f| f.elapsed()),
-        None => start.elapsed(),
-    }
+    if start_writer { first.map_or(start.elapsed(), |f| f.elapsed()) } else { start.elapsed() }
 }
 
 async fn wait_running(pods: &Api<Pod>, name: &str) {
@@ -131,14 +139,23 @@ async fn main() {
     up.args(["up", &node]).env("VKS_BIN", &bin).env("VKS_NODE_INSTALL", "copy");
     up.env("VKS_NODE_OWNER", std::process::id().to_string());
     sh(&mut up);
-    // Room for the output in the node's (volatile) journal, and no rate limit.
+    // Room for the output in the node's (volatile) journal, and no rate limit. With
+    // VKS_BENCH_JOURNAL_COMPRESS=<bytes> journald compresses only fields above that size (its
+    // default threshold is 512 bytes: every 1 KiB line is compressed).
+    let compress = std::env::var("VKS_BENCH_JOURNAL_COMPRESS").map(|c| format!("Compress={c}\\n")).unwrap_or_default();
+    if !compress.is_empty() {
+        println!("journald: {}", compress.trim_end_matches("\\n"));
+    }
     node_exec(
         &node,
         &[
             "sh",
             "-c",
-            "mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nRuntimeMaxUse=2G\\nRuntimeMaxFileSize=256M\\n\
-             RateLimitIntervalSec=0\\n' > /etc/systemd/journald.conf.d/logbench.conf && systemctl restart systemd-journald",
+            &format!(
+                "mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nRuntimeMaxUse=2G\\nRuntimeMaxFileSize=256M\\n\
+                 RateLimitIntervalSec=0\\n{compress}' > /etc/systemd/journald.conf.d/logbench.conf && \
+                 systemctl restart systemd-journald"
+            ),
         ],
     );
 
@@ -175,7 +192,7 @@ async fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
     println!("writer: {mb} MB in the journal after {:.1}s", t.elapsed().as_secs_f64());
-    let took = follow_until(&kubeconfig, &ns, "written", bytes, None);
+    let took = follow_until(&kubeconfig, &ns, "written", bytes, false);
     println!(
         "kubectl logs -f, catch-up: {mb} MB in {:.2}s = {:.1} MB/s (kubectl start included)",
         took.as_secs_f64(),
@@ -185,7 +202,7 @@ async fn main() {
     // Live: kubectl follows while the container writes.
     pods.create(&PostParams::default(), &create("live", writer(mb, line, false))).await.unwrap();
     wait_running(&pods, "live").await;
-    let took = follow_until(&kubeconfig, &ns, "live", bytes, Some(&node));
+    let took = follow_until(&kubeconfig, &ns, "live", bytes, true);
     println!(
         "kubectl logs -f, live: {mb} MB in {:.2}s = {:.1} MB/s (first byte to last)",
         took.as_secs_f64(),
