@@ -140,7 +140,9 @@ pub async fn attach(c: &ContainerUnit, stdio: Stdio, systemd: Arc<dyn Systemd>) 
         return attach_terminal(c, &socket, stdio, systemd).await;
     }
     if stdio.tty.is_some() {
-        return Err(format!("container {name:?} has no terminal to attach to: its pod does not set tty: true"));
+        return Err(format!(
+            "container {name:?} has no terminal to attach to: its run started without one (a container gets one with tty: true)"
+        ));
     }
     let stdin = if stdio.stdin {
         let path = stdin_fifo(&c.unit);
