@@ -153,6 +153,22 @@ sys.exit(os.waitstatus_to_exitcode(status))
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace('\r', ""))
 }
 
+/// Types `text` into kubectl `session` (an attach with stdin to a `cat`) until it comes back: the
+/// session may need a moment to start. Ends the session.
+fn echo_through(mut session: Running, text: &str) {
+    let end = Instant::now() + LONG;
+    let mut stdin = session.child.stdin.take().unwrap();
+    loop {
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+        if session.out.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains(text)) {
+            break;
+        }
+        let err: Vec<String> = session.err.try_iter().collect();
+        assert!(Instant::now() < end, "{text} did not come back; stderr: {err:?}");
+    }
+}
+
 fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the forwarded port");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -278,20 +294,7 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
     let mut talk = Running::spawn(&["-n", ns, "attach", p, "-c", "talker"], false);
     talk.wait_out("tick", LONG);
     drop(talk);
-    let mut echo = Running::spawn(&["-n", ns, "attach", "-i", p, "-c", "echo"], true);
-    // The session may need a moment; send until the echo comes back.
-    let end = Instant::now() + LONG;
-    let mut stdin = echo.child.stdin.take().unwrap();
-    loop {
-        writeln!(stdin, "ping-through-attach").unwrap();
-        stdin.flush().unwrap();
-        if echo.out.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains("ping-through-attach")) {
-            break;
-        }
-        assert!(Instant::now() < end, "no echo through attach; stderr: {:?}", echo.err.try_iter().collect::<Vec<_>>());
-    }
-    drop(stdin);
-    drop(echo);
+    echo_through(Running::spawn(&["-n", ns, "attach", "-i", p, "-c", "echo"], true), "ping-through-attach");
 
     // attach -it: the terminal of a tty: true container, of the client's size; the shell's
     // output is the container's log too.
@@ -385,20 +388,9 @@ async fn ephemeral_containers(ns: &str, p: &str, main_context: &str) {
     assert!(!crate::data::events(ns, p).iter().any(|e| e.contains("FieldIgnored")), "nothing is ignored");
 
     // `kubectl debug -i`: kubectl waits for it to run, then attaches to its stdin and output.
-    let mut dbg =
+    let dbg =
         Running::spawn(&[&debug[..], &["-i", "--image=coreutils", "-c", "dbg-i", "--", "/bin/cat"]].concat(), true);
-    let end = Instant::now() + LONG;
-    let mut stdin = dbg.child.stdin.take().unwrap();
-    loop {
-        writeln!(stdin, "ping-through-debug").unwrap();
-        stdin.flush().unwrap();
-        if dbg.out.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains("ping-through-debug")) {
-            break;
-        }
-        assert!(Instant::now() < end, "no echo through debug -i; stderr: {:?}", dbg.err.try_iter().collect::<Vec<_>>());
-    }
-    drop(stdin);
-    drop(dbg);
+    echo_through(dbg, "ping-through-debug");
     let s = ephemeral_status(ns, p, "dbg-i").await.unwrap();
     assert!(s.state.unwrap().running.is_some(), "it runs on after the session");
 

@@ -9,7 +9,8 @@ use crate::systemd::SystemdError;
 use crate::unit::resources::{self, ContainerLimits, Settings, SliceOwner};
 use crate::unit::{UnitSpec, security};
 
-use super::{Admitted, Shared, Worker};
+use super::shared::Admitted;
+use super::{Shared, Worker};
 
 impl Worker {
     /// The description of the pod's slice: its identity.

@@ -18,7 +18,8 @@
 //! - `stop.rs`: stopping one container (preStop hook, stop signal, SIGKILL after the grace period);
 //! - `probe.rs`: liveness, readiness and startup probes;
 //! - `hooks.rs`: postStart hooks;
-//! - `publish.rs`: the status as the API sees it, and the patch.
+//! - `publish.rs`: the status as the API sees it, and the patch;
+//! - `shared.rs`: what every worker shares ([`Shared`]).
 
 mod confine;
 mod container;
@@ -29,11 +30,11 @@ mod launch;
 mod probe;
 mod publish;
 mod resize;
+mod shared;
 mod stop;
 mod terminate;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
@@ -46,148 +47,20 @@ use self::container::{Ctr, ImageState};
 pub use self::container::{Next, launches, next};
 pub use self::hooks::HookDone;
 pub use self::probe::ProbeDone;
-use super::api::PodApi;
+pub use self::shared::Shared;
 use super::backoff::CrashBackoff;
 
-use crate::api::{ApiHealth, PodRef};
-use crate::clock::Clock;
-use crate::events::{EventType, Recorder};
-use crate::images::{ImageError, ImageInfo, Images};
+use crate::api::PodRef;
+use crate::events::EventType;
+use crate::images::{ImageError, ImageInfo};
 use crate::policy::RestartPolicy;
-use crate::systemd::{Systemd, SystemdError, UnitDelta};
-use crate::unit::{self, ContainerKind, NodeContext, UnitMeta};
+use crate::systemd::{SystemdError, UnitDelta};
+use crate::unit::{self, ContainerKind, UnitMeta};
 
 /// Retry interval for containers that cannot be created yet (spec or image problems).
 const CREATE_RETRY: Duration = Duration::from_secs(10);
 /// Retry interval for failed API or systemd calls.
 const CALL_RETRY: Duration = Duration::from_secs(2);
-
-/// What every worker shares: the outside world, and which pod owns which unit name.
-pub struct Shared {
-    /// The API requests of a pod (status, final deletion).
-    pub api: Arc<dyn PodApi>,
-    /// Events.
-    pub events: Arc<dyn Recorder>,
-    /// systemd.
-    pub systemd: Arc<dyn Systemd>,
-    /// Image provider.
-    pub images: Arc<dyn Images>,
-    /// Wall-clock time.
-    pub clock: Clock,
-    /// Whether a path is an executable file (the one file-system question of unit planning).
-    pub is_executable: fn(&str) -> bool,
-    /// Node name and IP.
-    pub node: NodeContext,
-    /// Where pod directories live.
-    pub pod_dir: std::path::PathBuf,
-    /// The ConfigMaps, Secrets, tokens and Services pods refer to (issue 12).
-    pub objects: Arc<crate::objects::Objects>,
-    /// The pods' volumes and env files on the node (issue 12).
-    pub volumes: Arc<crate::volumes::Volumes>,
-    /// API reachability.
-    pub health: Arc<ApiHealth>,
-    /// Runs probes and lifecycle hooks.
-    pub prober: Arc<dyn crate::probes::Prober>,
-    /// The tail of a container's log (for `FallbackToLogsOnError`).
-    pub logs: Arc<dyn super::termination::LogTail>,
-    /// Unit name → UID of the pod that owns it; a unit name is used by one pod at a time.
-    owners: Mutex<HashMap<String, String>>,
-    /// Unit names whose pod was removed: systemd may still have them loaded, so a new unit file
-    /// under such a name needs a check for `NeedDaemonReload`.
-    released: Mutex<HashSet<String>>,
-    /// Node allocatable, against which pods are admitted (none: no resource check).
-    allocatable: Option<crate::unit::resources::NodeAllocatable>,
-    /// Whether each container's `systemd-analyze security` exposure is reported as an event.
-    report_exposure: bool,
-    /// The node-level slices (`vks.slice` and the QoS slices), as (name, file).
-    pub(super) node_slices: Vec<(String, String)>,
-    /// What the admitted, not yet finished pods request, by UID.
-    admitted: Mutex<BTreeMap<String, Admitted>>,
-}
-
-/// What an admitted pod holds of node allocatable.
-#[derive(Debug, Clone, Default)]
-struct Admitted {
-    requests: crate::unit::resources::Amounts,
-    extended: BTreeMap<String, u64>,
-}
-
-impl Shared {
-    /// The shared world of the workers; the systemd, images, API and events are given. Probes
-    /// and hooks run with [`crate::probes::NodeProber`] (exec through `systemd-run`), logs come
-    /// from the journal; both fields may be replaced (tests use fakes).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        api: Arc<dyn PodApi>,
-        events: Arc<dyn Recorder>,
-        systemd: Arc<dyn Systemd>,
-        images: Arc<dyn Images>,
-        clock: Clock,
-        node: NodeContext,
-        pod_dir: std::path::PathBuf,
-        health: Arc<ApiHealth>,
-    ) -> Shared {
-        let exec = Arc::new(crate::systemd::run::SystemdRun::new(systemd.clone(), crate::systemd::UNIT_DIR.as_ref()));
-        let prober: Arc<dyn crate::probes::Prober> = match crate::probes::NodeProber::new(exec) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                log::error!("cannot set up the HTTP client of probes ({e}); probes will fail");
-                Arc::new(crate::probes::fake::FakeProber::default())
-            }
-        };
-        Shared {
-            api,
-            events,
-            systemd,
-            images,
-            clock,
-            is_executable: crate::images::is_executable,
-            node,
-            objects: crate::objects::Objects::new(Arc::new(crate::objects::Offline), clock),
-            volumes: Arc::new(crate::volumes::Volumes::new(pod_dir.clone(), pod_dir.join(".run"), Vec::new(), clock)),
-            pod_dir,
-            health,
-            prober,
-            logs: Arc::new(super::termination::JournalTail),
-            owners: Mutex::default(),
-            released: Mutex::default(),
-            allocatable: None,
-            report_exposure: false,
-            node_slices: crate::unit::resources::node_slices(&Default::default(), None),
-            admitted: Mutex::default(),
-        }
-    }
-
-    fn claim(&self, unit: &str, uid: &str) -> Result<(), String> {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        match owners.get(unit) {
-            Some(other) if other != uid => Err(other.clone()),
-            _ => {
-                owners.insert(unit.to_owned(), uid.to_owned());
-                Ok(())
-            }
-        }
-    }
-
-    /// Records the pod named in a unit file found on the node as the owner of that unit, before
-    /// any worker runs: a new pod reusing the name (deleted and created again while vks was
-    /// down) then waits until the old pod's worker removed the unit, instead of racing it.
-    pub fn claim_found(&self, unit: &str, uid: &str) {
-        let _ = self.claim(unit, uid);
-    }
-
-    fn release(&self, unit: &str, uid: &str) {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        if owners.get(unit).is_some_and(|o| o == uid) {
-            owners.remove(unit);
-            self.released.lock().unwrap_or_else(|e| e.into_inner()).insert(unit.to_owned());
-        }
-    }
-
-    fn was_released(&self, unit: &str) -> bool {
-        self.released.lock().unwrap_or_else(|e| e.into_inner()).remove(unit)
-    }
-}
 
 /// Messages to a worker.
 #[derive(Debug)]
