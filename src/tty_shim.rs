@@ -234,23 +234,23 @@ mod tests {
             serve(
                 &path,
                 "/bin/sh",
-                &["-c".into(), "read size; tty; stty size; read line; echo got $line; exit 7".into()],
+                &["-c".into(), "read size; i=0; until [ \"$(stty size)\" = '17 91' ] || [ $i -ge 200 ]; do i=$((i+1)); sleep 0.05; done; tty; stty size; read line; echo got $line; exit 7".into()],
             )
             .await
         });
         let socket = dir.path().join("tty");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let data = loop {
             if let Ok(s) = UnixStream::connect(&socket).await {
                 break s;
             }
+            assert!(tokio::time::Instant::now() < deadline, "the shim never listened on {}", socket.display());
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
         let (mut out, mut typed) = data.into_split();
         typed.write_all(&[DATA]).await.unwrap();
         let mut control = UnixStream::connect(&socket).await.unwrap();
         control.write_all(b"C17 91\n").await.unwrap();
-        // Let the resize land before the shell reads its size.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         typed.write_all(b"go\nhello\n").await.unwrap();
         let mut seen = Vec::new();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), out.read_to_end(&mut seen)).await;

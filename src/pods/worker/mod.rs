@@ -87,8 +87,11 @@ pub enum Msg {
 /// ephemeral containers when they are added to its pod).
 pub fn unit_names_of(pod: &Pod) -> Vec<String> {
     let id = PodRef::of(pod);
-    let spec = pod.spec.clone().unwrap_or_default();
-    unit::all_containers(&spec).iter().map(|(c, _)| unit::name::unit_name(&id.namespace, &id.name, &c.name)).collect()
+    let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+    // Names only: called for every pod event, it builds no container.
+    let names = spec.init_containers.iter().flatten().chain(&spec.containers).map(|c| &c.name);
+    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| &c.name);
+    names.chain(ephemeral).map(|n| unit::name::unit_name(&id.namespace, &id.name, n)).collect()
 }
 
 /// A unit of this pod found on the node when the worker started.
