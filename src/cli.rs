@@ -51,6 +51,46 @@ pub enum Command {
     /// PROGRAM on a terminal and serves attach sessions on DIR/tty.
     #[command(hide = true)]
     TtyShim(TtyShimArgs),
+    /// Reads past lines from the journal files for the kubelet API (not for people): writes
+    /// the entries matching every FIELD=VALUE in journalctl's export format.
+    #[command(hide = true)]
+    JournalRead(JournalReadArgs),
+}
+
+/// `vks journal-read` arguments.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct JournalReadArgs {
+    /// Only entries at or after this time (µs since the epoch).
+    #[arg(long, value_name = "US")]
+    pub since_us: Option<u64>,
+    /// Only the last N matching entries.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+    /// A journal directory (repeatable; default: /run/log/journal and /var/log/journal).
+    #[arg(long = "directory", value_name = "PATH")]
+    pub directories: Vec<PathBuf>,
+    /// FIELD=VALUE matches.
+    pub matches: Vec<String>,
+}
+
+impl JournalReadArgs {
+    /// The request for [`crate::journal::native::read`]; an error names a match without `=`.
+    pub fn request(&self) -> Result<crate::journal::native::Request, String> {
+        let matches = self
+            .matches
+            .iter()
+            .map(|m| match m.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(format!("match {m:?} is not FIELD=VALUE")),
+            })
+            .collect::<Result<_, _>>()?;
+        let directories = if self.directories.is_empty() {
+            crate::journal::native::DIRECTORIES.iter().map(PathBuf::from).collect()
+        } else {
+            self.directories.clone()
+        };
+        Ok(crate::journal::native::Request { matches, since_us: self.since_us, tail: self.tail, directories })
+    }
 }
 
 /// `vks tty-shim` arguments.
@@ -121,6 +161,22 @@ mod tests {
         assert_eq!(c.command, Some(Command::Run));
         assert_eq!(Cli::try_parse_from(["vks", "join"]).unwrap().command, Some(Command::Join));
         assert!(Cli::try_parse_from(["vks", "frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn journal_read_parses_what_a_query_asks() {
+        let r = crate::journal::native::Request {
+            matches: vec![("VKS_POD_UID".into(), "u1".into()), ("MESSAGE".into(), "-x=y".into())],
+            since_us: Some(42),
+            tail: Some(5),
+            directories: vec![PathBuf::from("/j")],
+        };
+        let mut argv = vec!["vks".to_owned(), "journal-read".to_owned()];
+        argv.extend(r.args());
+        let Some(Command::JournalRead(a)) = Cli::try_parse_from(&argv).unwrap().command else { panic!() };
+        assert_eq!(a.request().unwrap(), r);
+        let a = JournalReadArgs { since_us: None, tail: None, directories: vec![], matches: vec!["NOEQUALS".into()] };
+        assert!(a.request().unwrap_err().contains("\"NOEQUALS\""));
     }
 
     #[test]

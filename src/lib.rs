@@ -16,7 +16,8 @@
 //! - [`host`]: facts about the machine (capacity, usage, identity, addresses).
 //! - [`systemd`]: the boundary to systemd (trait, D-Bus implementation, fake).
 //! - [`unit`]: pure pod → unit-file translation (names, escaping, `[X-Kubernetes]`).
-//! - [`kubelet_api`]: the kubelet HTTPS API.
+//! - [`kubelet_api`]: the kubelet HTTPS API; [`journal`]: reading containers' lines from the
+//!   journal (for logs and termination messages).
 //! - [`api`]: API server client and reachability tracking; [`events`]: Kubernetes Events.
 //! - [`metrics`]: vks's own Prometheus metrics (served by the kubelet API at `/metrics`).
 //! - [`notify`], [`shutdown`], [`logging`]: sd_notify, signals, journald.
@@ -37,6 +38,7 @@ pub mod host;
 pub mod images;
 pub mod inspect;
 pub mod join;
+pub mod journal;
 pub mod kubelet_api;
 pub mod logging;
 pub mod metrics;

@@ -24,6 +24,16 @@ fn main() -> ExitCode {
     if let Some(Command::TtyShim(a)) = &cli.command {
         return ExitCode::from(u8::try_from(vks::tty_shim::main(&a.dir, &a.program, &a.args)).unwrap_or(1));
     }
+    // Asked by the daemon for past log lines; needs no config either.
+    if let Some(Command::JournalRead(a)) = &cli.command {
+        return match a.request() {
+            Ok(r) => ExitCode::from(u8::try_from(vks::journal::native::main(&r)).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("vks journal-read: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let config = match Config::load(&cli.config, &vks::host::hostname()) {
         Ok(c) => c,
         Err(e) => {
@@ -43,7 +53,7 @@ fn main() -> ExitCode {
             Ok(0)
         }),
         Command::Logs(args) => inspect(&config, async |c| vks::inspect::logs::logs(c, &args.request()).await),
-        Command::TtyShim(_) => ExitCode::FAILURE,
+        Command::TtyShim(_) | Command::JournalRead(_) => ExitCode::FAILURE,
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Container, HostAlias};
 
-pub use crate::kubelet_api::logs::journal::Run;
+pub use crate::journal::Run;
 
 /// The most of a termination message file kept (the kubelet's 4 KiB).
 pub const MAX_MESSAGE: usize = 4096;

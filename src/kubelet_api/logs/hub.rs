@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::journal::{Entry, Query, Start};
+use crate::journal::{Entry, Query, Start};
 
 /// Entries queued per subscriber before it counts as lagging.
 const QUEUE: usize = 1024;

@@ -10,12 +10,12 @@
 //! `lastState.terminated.containerID`. stdout and stderr share one journal stream, so their
 //! order is kept.
 //!
-//! How: the lines so far come from one `journalctl` (`journal.rs`); with `follow=true` and a
-//! running container, new lines come through the shared follower (`hub.rs`) until the run
-//! ends, or until the client goes away.
+//! How: the lines so far come from one read of the journal files ([`crate::journal`], vks's own
+//! reader in a child process); with `follow=true` and a running container, new lines come
+//! through the shared follower (`hub.rs`, `journalctl -f`) until the run ends, or until the
+//! client goes away.
 
 pub mod hub;
-pub mod journal;
 pub mod options;
 mod stream;
 
@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use self::options::LogOptions;
 use super::body::{self, Body};
 use super::pods::PodSource;
+use crate::journal;
 use crate::systemd::{ActiveState, Systemd, SystemdError};
 
 /// Whether a container's run is still going, from systemd.

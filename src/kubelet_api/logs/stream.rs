@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
 
-use super::journal::{Entry, Query, Run, Seqnum, Start};
+use crate::journal::{Entry, Query, Run, Seqnum, Start};
 use super::options::{LogOptions, format_line};
 use super::{Logs, Target};
 use crate::kubelet_api::body::Sender;
@@ -342,7 +342,7 @@ mod tests {
             until_us: None,
         };
         let mut w =
-            Wanted { run: run(100), since_us: Some(100), last: Some(Seqnum { id: "a".into(), n: 5 }), began_us: 1000 };
+            Wanted { run: run(100), since_us: Some(100), last: Some(Seqnum { id: Some("a".into()), n: 5 }), began_us: 1000 };
         assert!(!w.check(&entry(5, "inv", 500)), "already sent by the history");
         assert!(!w.check(&entry(6, "other", 500)), "another run");
         assert!(!w.check(&entry(7, "inv", 50)), "before since");

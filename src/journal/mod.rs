@@ -1,13 +1,15 @@
-//! Reading the journal: `journalctl -o export` (binary-safe, the cheapest format journalctl
-//! writes) run as a child, its output parsed into [`Entry`] values.
+//! Reading containers' lines from the journal, for `kubectl logs` (the kubelet API) and
+//! termination messages (`pods::termination`).
 //!
-//! journalctl handles what a reader of the files would have to: rotation, compression,
-//! concurrent writers. Facts of systemd 252 this relies on (checked on a test node):
-//! `--since=@<s>.<µs>` is inclusive and µs-precise; `-n N --since` gives the *first* N entries
-//! (so a tail after `since` is cut here); `-f` alone starts with the last 10 entries (`-n all`
-//! starts with all); `--cursor` is inclusive, `--after-cursor` is not; and a *filtered* `-f`
-//! started before any entry carried the matched value misses entries (so following goes
-//! through an unfiltered reader, see `hub.rs`).
+//! Past lines are read by vks's own reader of the journal files ([`native`], `vks
+//! journal-read` run as a child); following new lines is `journalctl -f`. Both write
+//! journalctl's export format (binary-safe), parsed here into [`Entry`] values. Facts of systemd
+//! 252 this relies on (checked on a test node): `-f` alone starts with the last 10 entries (`-n
+//! all` starts with all); `--cursor` is inclusive, `--after-cursor` is not; and a *filtered*
+//! `-f` started before any entry carried the matched value misses entries (so following goes
+//! through an unfiltered reader, see the logs' `hub.rs`).
+
+pub mod native;
 
 use std::process::Stdio;
 
@@ -45,8 +47,11 @@ pub struct Entry {
 /// A position in the journal, for ordering entries seen by two readers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seqnum {
-    /// The sequence number space (`s=`); numbers compare only within one.
-    pub id: String,
+    /// The sequence number space (`s=`); numbers compare only within one. `None` from vks's
+    /// own reader, which does not know it: its numbers are compared as if in the same space
+    /// (journald keeps one space across rotations and restarts; it starts a new one only with a
+    /// new, empty journal).
+    pub id: Option<String>,
     /// The number (`i=`).
     pub n: u64,
 }
@@ -63,14 +68,14 @@ impl Entry {
                 n = u64::from_str_radix(v, 16).ok();
             }
         }
-        Some(Seqnum { id: id?, n: n? })
+        Some(Seqnum { id, n: n? })
     }
 
     /// Whether this entry comes after `other` (true when they cannot be compared: a new
     /// sequence number space is newer).
     pub fn is_after(&self, other: &Seqnum) -> bool {
         match self.seqnum() {
-            Some(s) if s.id == other.id => s.n > other.n,
+            Some(s) if s.id == other.id || s.id.is_none() || other.id.is_none() => s.n > other.n,
             _ => true,
         }
     }
@@ -80,7 +85,8 @@ fn bad(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
-/// Reads the next entry of journalctl's export output; `None` at the end.
+/// Reads the next entry of an export-format output (journalctl's or [`native`]'s); `None` at
+/// the end.
 pub async fn next_entry<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<Entry>> {
     let mut e = Entry { ends_line: true, ..Entry::default() };
     let mut line = Vec::with_capacity(256);
@@ -88,7 +94,7 @@ pub async fn next_entry<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<O
     loop {
         line.clear();
         if r.read_until(b'\n', &mut line).await? == 0 {
-            return if any { Err(bad("journalctl output ended inside an entry".into())) } else { Ok(None) };
+            return if any { Err(bad("the journal reader's output ended inside an entry".into())) } else { Ok(None) };
         }
         if line.last() == Some(&b'\n') {
             line.pop();
@@ -185,9 +191,9 @@ impl Run {
         }
     }
 
-    /// The last `n` lines of a run that ended, without reading all of it: journalctl takes the
-    /// last `n` lines stamped with the invocation ID, then only the unit's entries after the
-    /// last of them (the late, unstamped lines) are read and filtered.
+    /// The last `n` lines of a run that ended, without reading all of it: the last `n` lines
+    /// stamped with the invocation ID, then only the unit's entries after the last of them
+    /// (the late, unstamped lines), filtered.
     pub async fn tail(&self, n: usize) -> std::io::Result<Vec<Entry>> {
         let mut out = Vec::new();
         if n == 0 {
@@ -203,13 +209,14 @@ impl Run {
         while let Some(e) = reader.next().await? {
             out.push(e);
         }
-        let late = match out.last() {
-            Some(e) => Query { start: Start::After(e.cursor.clone()), since_us: None, ..self.query(None) },
+        let last = out.last().and_then(|e| Some((e.seqnum()?, e.realtime_us)));
+        let late = match &last {
+            Some((_, t)) => Query { since_us: Some(*t), ..self.query(None) },
             None => self.query(None),
         };
         let mut reader = late.spawn()?;
         while let Some(e) = reader.next().await? {
-            if e.invocation.is_none() && self.owns(&e) {
+            if e.invocation.is_none() && self.owns(&e) && last.as_ref().is_none_or(|(s, _)| e.is_after(s)) {
                 out.push(e);
             }
         }
@@ -232,7 +239,7 @@ pub enum Start {
     After(String),
 }
 
-/// One journalctl run.
+/// One read of the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     /// `FIELD=value` matches, all of which must hold.
@@ -272,30 +279,61 @@ impl Query {
         a
     }
 
-    /// Starts journalctl. It is killed when the returned [`Reader`] is dropped.
+    /// What vks's own reader is asked for this query; `None` when it needs journalctl (a
+    /// follow, or a start at a cursor).
+    pub fn native(&self) -> Option<native::Request> {
+        let tail = match self.start {
+            _ if self.follow => return None,
+            Start::Beginning => None,
+            Start::Tail(n) => Some(n),
+            Start::At(_) | Start::After(_) => return None,
+        };
+        Some(native::Request {
+            matches: self.matches.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            since_us: self.since_us,
+            tail,
+            directories: native::DIRECTORIES.iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Starts the reader: vks's own (`/proc/self/exe journal-read`) for past lines, journalctl
+    /// for follows. It is killed when the returned [`Reader`] is dropped.
     pub fn spawn(&self) -> std::io::Result<Reader> {
-        let mut child = Command::new("journalctl")
-            .args(self.args())
+        let (program, mut command) = match self.native() {
+            Some(r) => {
+                // /proc/self/exe: this very binary, also after an upgrade replaced the file.
+                let mut c = Command::new("/proc/self/exe");
+                c.arg("journal-read").args(r.args());
+                ("vks journal-read", c)
+            }
+            None => {
+                let mut c = Command::new("journalctl");
+                c.args(self.args());
+                ("journalctl", c)
+            }
+        };
+        let mut child = command
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| bad("journalctl has no stdout".into()))?;
-        Ok(Reader { child, out: tokio::io::BufReader::with_capacity(256 << 10, stdout) })
+        let stdout = child.stdout.take().ok_or_else(|| bad(format!("{program} has no stdout")))?;
+        Ok(Reader { program, child, out: tokio::io::BufReader::with_capacity(256 << 10, stdout) })
     }
 }
 
-/// A running journalctl.
+/// A running reader (vks's own or journalctl).
 pub struct Reader {
+    program: &'static str,
     child: Child,
     /// Its output.
     pub out: tokio::io::BufReader<ChildStdout>,
 }
 
 impl Reader {
-    /// The next entry; `None` when journalctl ended (an error if it failed).
+    /// The next entry; `None` when the reader ended (an error if it failed).
     pub async fn next(&mut self) -> std::io::Result<Option<Entry>> {
         match next_entry(&mut self.out).await? {
             Some(e) => Ok(Some(e)),
@@ -308,7 +346,7 @@ impl Reader {
                 if let Some(mut stderr) = self.child.stderr.take() {
                     let _ = (&mut stderr).take(4096).read_to_string(&mut err).await;
                 }
-                Err(bad(format!("journalctl failed ({status}): {}", err.trim())))
+                Err(bad(format!("{} failed ({status}): {}", self.program, err.trim())))
             }
         }
     }
@@ -348,7 +386,7 @@ mod tests {
         );
         assert_eq!(a.unit.as_deref(), Some("vks.ns.p.app.service"));
         assert!(a.ends_line);
-        assert_eq!(a.seqnum(), Some(Seqnum { id: "abc".into(), n: 0x1f }));
+        assert_eq!(a.seqnum(), Some(Seqnum { id: Some("abc".into()), n: 0x1f }));
         let b = next_entry(&mut r).await.unwrap().unwrap();
         assert_eq!(b.message, b"a\nb\xff");
         assert!(b.is_after(&a.seqnum().unwrap()));
@@ -388,6 +426,30 @@ mod tests {
         let q = run.query(Some(1500)).args().join(" ");
         assert!(q.ends_with("--since=@0.001500 _SYSTEMD_UNIT=vks.ns.p.c.service"), "{q}");
         assert!(run.query(None).args().join(" ").contains("--since=@0.001000 "));
+    }
+
+    #[test]
+    fn past_lines_are_read_natively_and_follows_by_journalctl() {
+        let q = Query {
+            matches: vec![("VKS_POD_UID", "u1".into())],
+            since_us: Some(7),
+            start: Start::Tail(3),
+            follow: false,
+        };
+        let r = q.native().unwrap();
+        assert_eq!((r.matches, r.since_us, r.tail), (vec![("VKS_POD_UID".into(), "u1".into())], Some(7), Some(3)));
+        assert_eq!(Query { start: Start::Beginning, ..q.clone() }.native().unwrap().tail, None);
+        assert_eq!(Query { follow: true, ..q.clone() }.native(), None);
+        assert_eq!(Query { start: Start::After("s=1;i=2".into()), ..q }.native(), None);
+        // vks's reader has no seqnum ID: its numbers compare with journalctl's by number.
+        let native = Entry { cursor: "i=10;t=5".into(), ..Entry::default() };
+        let ours = native.seqnum().unwrap();
+        assert_eq!(ours, Seqnum { id: None, n: 0x10 });
+        let followed = Entry { cursor: "s=abc;i=11;b=x".into(), ..Entry::default() };
+        assert!(followed.is_after(&ours));
+        assert!(!native.is_after(&followed.seqnum().unwrap()));
+        let other_space = Entry { cursor: "s=def;i=1".into(), ..Entry::default() };
+        assert!(other_space.is_after(&followed.seqnum().unwrap()), "a new space is newer");
     }
 
     #[test]
