@@ -9,9 +9,9 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
 
-use crate::journal::{Entry, Query, Run, Seqnum, Start};
 use super::options::{LogOptions, format_line};
 use super::{Logs, Target};
+use crate::journal::{Entry, Query, Run, Seqnum, Start};
 use crate::kubelet_api::body::Sender;
 
 /// A frame is sent once this much is buffered (or when no more input is ready).
@@ -341,8 +341,12 @@ mod tests {
             started_us,
             until_us: None,
         };
-        let mut w =
-            Wanted { run: run(100), since_us: Some(100), last: Some(Seqnum { id: Some("a".into()), n: 5 }), began_us: 1000 };
+        let mut w = Wanted {
+            run: run(100),
+            since_us: Some(100),
+            last: Some(Seqnum { id: Some("a".into()), n: 5 }),
+            began_us: 1000,
+        };
         assert!(!w.check(&entry(5, "inv", 500)), "already sent by the history");
         assert!(!w.check(&entry(6, "other", 500)), "another run");
         assert!(!w.check(&entry(7, "inv", 50)), "before since");
