@@ -26,7 +26,8 @@ const MAX_FIELD: u64 = 64 << 20;
 /// One journal entry, as much of it as the logs need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
-    /// Where it is in the journal (`s=<seqnum id>;i=<seqnum>;...`).
+    /// Where it is in the journal: journalctl's cursor (`s=<seqnum id>;i=<seqnum>;...`) or
+    /// [`native`]'s (`i=<seqnum>;t=<realtime>`).
     pub cursor: String,
     /// When journald received it, µs since the epoch.
     pub realtime_us: u64,

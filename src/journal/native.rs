@@ -83,8 +83,19 @@ pub fn write_entry<'a>(
     out.write_all(b"\n")
 }
 
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The journal could not be read.
+    #[error("{0}")]
+    Journal(String),
+    /// The output could not be written (the reader of it may have left).
+    #[error("writing: {0}")]
+    Write(#[from] std::io::Error),
+}
+
 /// Reads what `r` asks for and writes it to `out`.
-pub fn read(r: &Request, out: &mut impl Write) -> Result<(), String> {
+pub fn read(r: &Request, out: &mut impl Write) -> Result<(), ReadError> {
     let dirs: Vec<PathBuf> = r.directories.iter().filter(|d| d.is_dir()).cloned().collect();
     if dirs.is_empty() {
         return Ok(());
@@ -100,7 +111,7 @@ pub fn read(r: &Request, out: &mut impl Write) -> Result<(), String> {
         Ok(j) => j,
         // No journal file yet: no lines (files that cannot be opened are skipped, as by journalctl).
         Err(sdjournal::SdJournalError::NotFound) => return Ok(()),
-        Err(e) => return Err(format!("opening the journal in {dirs:?}: {e}")),
+        Err(e) => return Err(ReadError::Journal(format!("opening the journal in {dirs:?}: {e}"))),
     };
     let mut q = journal.query();
     for (field, value) in &r.matches {
@@ -115,13 +126,15 @@ pub fn read(r: &Request, out: &mut impl Write) -> Result<(), String> {
     let wanted: Vec<&str> = super::FIELDS.split(',').collect();
     let mut bad = 0;
     let mut tail = Vec::new();
-    for item in q.iter().map_err(|e| format!("reading the journal: {e}"))? {
+    for item in q.iter().map_err(|e| ReadError::Journal(format!("reading the journal: {e}")))? {
         let e = match item {
             Ok(e) => e,
             Err(e) => {
                 bad += 1;
                 if bad >= MAX_BAD_ENTRIES {
-                    return Err(format!("reading the journal: {bad} entries could not be read, the last: {e}"));
+                    return Err(ReadError::Journal(format!(
+                        "reading the journal: {bad} entries could not be read, the last: {e}"
+                    )));
                 }
                 continue;
             }
@@ -129,16 +142,16 @@ pub fn read(r: &Request, out: &mut impl Write) -> Result<(), String> {
         let fields = wanted.iter().filter_map(|f| e.get(f).map(|v| (*f, v)));
         if r.tail.is_some() {
             let mut buf = Vec::new();
-            write_entry(&mut buf, e.seqnum(), e.realtime_usec(), fields).map_err(|e| e.to_string())?;
+            write_entry(&mut buf, e.seqnum(), e.realtime_usec(), fields)?;
             tail.push(buf);
         } else {
-            write_entry(out, e.seqnum(), e.realtime_usec(), fields).map_err(|e| format!("writing: {e}"))?;
+            write_entry(out, e.seqnum(), e.realtime_usec(), fields)?;
         }
     }
     for buf in tail.iter().rev() {
-        out.write_all(buf).map_err(|e| format!("writing: {e}"))?;
+        out.write_all(buf)?;
     }
-    out.flush().map_err(|e| format!("writing: {e}"))
+    Ok(out.flush()?)
 }
 
 /// `vks journal-read`: exit 0 when everything asked was written, 1 with the cause on stderr.
@@ -150,7 +163,7 @@ pub fn main(r: &Request) -> i32 {
     match read(r, &mut out) {
         Ok(()) => 0,
         // The reader of our output left (the client went away): not an error of ours.
-        Err(e) if e.contains("Broken pipe") => 0,
+        Err(ReadError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
             eprintln!("vks journal-read: {e}");
             1
