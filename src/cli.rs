@@ -84,11 +84,7 @@ impl JournalReadArgs {
                 _ => Err(format!("match {m:?} is not FIELD=VALUE")),
             })
             .collect::<Result<_, _>>()?;
-        let directories = if self.directories.is_empty() {
-            crate::journal::native::DIRECTORIES.iter().map(PathBuf::from).collect()
-        } else {
-            self.directories.clone()
-        };
+        let directories = self.directories.clone();
         Ok(crate::journal::native::Request { matches, since_us: self.since_us, tail: self.tail, directories })
     }
 }

@@ -293,7 +293,7 @@ impl Query {
             matches: self.matches.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
             since_us: self.since_us,
             tail,
-            directories: native::DIRECTORIES.iter().map(Into::into).collect(),
+            directories: Vec::new(),
         })
     }
 

@@ -31,7 +31,7 @@ pub struct Request {
     pub since_us: Option<u64>,
     /// Only the last N matching entries.
     pub tail: Option<u64>,
-    /// Journal directories (default [`DIRECTORIES`]).
+    /// Journal directories; none: [`DIRECTORIES`].
     pub directories: Vec<PathBuf>,
 }
 
@@ -96,7 +96,9 @@ pub enum ReadError {
 
 /// Reads what `r` asks for and writes it to `out`.
 pub fn read(r: &Request, out: &mut impl Write) -> Result<(), ReadError> {
-    let dirs: Vec<PathBuf> = r.directories.iter().filter(|d| d.is_dir()).cloned().collect();
+    let dirs: Vec<PathBuf> =
+        if r.directories.is_empty() { DIRECTORIES.iter().map(PathBuf::from).collect() } else { r.directories.clone() };
+    let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
     if dirs.is_empty() {
         return Ok(());
     }
