@@ -55,6 +55,10 @@ pub enum Command {
     /// the entries matching every FIELD=VALUE in journalctl's export format.
     #[command(hide = true)]
     JournalRead(JournalReadArgs),
+    /// Runs the commands of `kubectl exec` in a container's sandbox for vks (not for people):
+    /// its stdin is the socket vks sends them on ([`crate::exec_helper`]).
+    #[command(hide = true)]
+    ExecHelper,
 }
 
 /// `vks journal-read` arguments.

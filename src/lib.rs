@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod exec_helper;
 pub mod fsutil;
 pub mod host;
 pub mod images;

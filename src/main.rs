@@ -24,6 +24,10 @@ fn main() -> ExitCode {
     if let Some(Command::TtyShim(a)) = &cli.command {
         return ExitCode::from(u8::try_from(vks::tty_shim::main(&a.dir, &a.program, &a.args)).unwrap_or(1));
     }
+    // Started by the daemon in a container's sandbox, like the shim.
+    if let Some(Command::ExecHelper) = &cli.command {
+        return ExitCode::from(u8::try_from(vks::exec_helper::server::main()).unwrap_or(1));
+    }
     // Asked by the daemon for past log lines; needs no config either.
     if let Some(Command::JournalRead(a)) = &cli.command {
         return match a.request() {
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
             Ok(0)
         }),
         Command::Logs(args) => inspect(&config, async |c| vks::inspect::logs::logs(c, &args.request()).await),
-        Command::TtyShim(_) | Command::JournalRead(_) => ExitCode::FAILURE,
+        Command::TtyShim(_) | Command::JournalRead(_) | Command::ExecHelper => ExitCode::FAILURE,
     }
 }
 

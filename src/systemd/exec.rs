@@ -42,6 +42,9 @@ pub enum ExecStdio {
         /// `/dev/pts/N`.
         path: String,
     },
+    /// A socket as stdin (the exec helper's connection to vks); stdout and stderr go to the
+    /// journal.
+    Socket(OwnedFd),
 }
 
 /// What to start.
@@ -62,6 +65,9 @@ pub struct ExecSpec {
     pub environment: Vec<String>,
     /// Drop-in text with the container's settings (`[Unit]` and `[Service]` sections).
     pub dropin: String,
+    /// A unit this one stops with (`BindsTo=` and `After=`): the container's, for the exec
+    /// helper.
+    pub binds_to: Option<String>,
 }
 
 /// Why a command could not be started.
@@ -225,11 +231,20 @@ impl ExecUnits {
         if let Some(slice) = &spec.slice {
             props.push(("Slice".into(), variant(slice.as_str())?));
         }
+        if let Some(unit) = &spec.binds_to {
+            props.push(("BindsTo".into(), variant(vec![unit.clone()])?));
+            props.push(("After".into(), variant(vec![unit.clone()])?));
+        }
         match spec.stdio {
             ExecStdio::Fds { stdin, stdout, stderr } => {
                 props.push(("StandardInputFileDescriptor".into(), fd(stdin)?));
                 props.push(("StandardOutputFileDescriptor".into(), fd(stdout)?));
                 props.push(("StandardErrorFileDescriptor".into(), fd(stderr)?));
+            }
+            ExecStdio::Socket(sock) => {
+                props.push(("StandardInputFileDescriptor".into(), fd(sock)?));
+                // The exec helper: one of its commands killed for memory does not stop it.
+                props.push(("OOMPolicy".into(), variant("continue")?));
             }
             ExecStdio::Tty { path } => {
                 props.push(("TTYPath".into(), variant(path.as_str())?));

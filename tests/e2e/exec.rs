@@ -276,6 +276,15 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
         "$HOME|a b|'q'|"
     );
 
+    // Commands without a terminal run through the container's one exec helper (started once,
+    // not per command), in the container's slice, so they count against the pod's limits.
+    let main_unit = format!("vks.{ns}.{p}.main.service");
+    let helpers = node.vks_journal().matches(&format!(" for {main_unit}\n")).count();
+    assert_eq!(helpers, 1, "one exec helper for {main_unit}:\n{}", node.vks_journal());
+    let slice = node.unit_prop(&main_unit, "Slice");
+    let cgroup = kubectl(&["-n", ns, "exec", p, "-c", "main", "--", "cat", "/proc/self/cgroup"]);
+    assert!(cgroup.contains(&format!("/{slice}/vks-exec-helper-")), "{slice}: {cgroup}");
+
     // stdin, to its end.
     let (code, out, err) =
         kubectl_with_input(&["-n", ns, "exec", "-i", p, "-c", "main", "--", "sh", "-c", "wc -l; cat"], "a\nb\n");
@@ -297,8 +306,9 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
         Running::spawn(&["-n", ns, "exec", p, "-c", "main", "--", "sh", "-c", "echo started; exec sleep 1234"], false);
     sleeper.wait_out("started", LONG);
     drop(sleeper);
-    wait_for("the exec unit to go away with its client", LONG, async || {
-        let units = node.sh("systemctl list-units --all --no-legend 'vks-exec-*' || true");
+    wait_for("the command to go away with its client", LONG, async || {
+        // The container's exec helper stays (until idle); nothing else does.
+        let units = node.sh("systemctl list-units --all --no-legend 'vks-exec-*' | grep -v 'vks-exec-helper-' || true");
         let procs = node.sh("pgrep -f 'sleep 123[4]' || true");
         if units.trim().is_empty() && procs.trim().is_empty() { Ok(()) } else { Err(format!("{units}{procs}")) }
     })

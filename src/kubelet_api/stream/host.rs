@@ -1,28 +1,52 @@
-//! The real [`Containers`]: container units read through the [`Systemd`] boundary, commands run
-//! as transient units ([`ExecUnits`]), attach through the container's journal and its stdin
-//! FIFO, port-forward to the pod's own listeners ([`super::ports`]). The D-Bus connections are
-//! made on first use, so a node that never serves a stream never opens them.
+//! The real [`Containers`]: container units read through the [`Systemd`] boundary; commands run
+//! by the container's exec helper ([`crate::exec_helper`], started on the first command and
+//! closed after [`IDLE`] without one), or as their own transient units ([`ExecUnits`]) when they
+//! need a terminal, the container has its own root directory or its helper cannot run; attach
+//! through the container's journal and its stdin FIFO, port-forward to the pod's own listeners
+//! ([`super::ports`]). The D-Bus connections are made on first use, so a node that never serves
+//! a stream never opens them.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
 use super::backend::{Conn, ContainerUnit, Containers, Control, ExitStatus, Process, Stdio};
 use super::pty::Pty;
+use crate::exec_helper::client::{Command as HelperCommand, Ended, Helper, IDLE, RunError};
 use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::exec::{ExecHandle, ExecSpec, ExecStdio, ExecUnits, PREFIX};
 use crate::systemd::{ActiveState, ExitKind, Systemd, UNIT_DIR};
 use crate::unit::UnitMeta;
+use crate::unit::exec_context::ExecContext;
 use crate::unit::name::PREFIX as UNIT_PREFIX;
+use crate::unit::stdin::VKS_BIN;
+
+/// A container's exec helper, for one run of the container (its invocation).
+enum HelperSlot {
+    Running {
+        invocation: String,
+        helper: Arc<Helper>,
+    },
+    /// It could not be started or ended by itself: this run's commands are units of their own.
+    Unusable {
+        invocation: String,
+    },
+}
+
+/// Exec helpers by container unit.
+type Helpers = Arc<Mutex<HashMap<String, HelperSlot>>>;
 
 /// The node's containers, through systemd.
 pub struct HostContainers {
     unit_dir: PathBuf,
     systemd: OnceCell<Arc<dyn Systemd>>,
     exec: OnceCell<ExecUnits>,
+    helpers: Helpers,
 }
 
 impl Default for HostContainers {
@@ -65,7 +89,12 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 impl HostContainers {
     /// Containers whose units are in `unit_dir`.
     pub fn new(unit_dir: &Path) -> HostContainers {
-        HostContainers { unit_dir: unit_dir.to_owned(), systemd: OnceCell::new(), exec: OnceCell::new() }
+        HostContainers {
+            unit_dir: unit_dir.to_owned(),
+            systemd: OnceCell::new(),
+            exec: OnceCell::new(),
+            helpers: Helpers::default(),
+        }
     }
 
     async fn systemd(&self) -> Result<&Arc<dyn Systemd>, String> {
@@ -85,6 +114,135 @@ impl HostContainers {
                 Ok::<ExecUnits, String>(e)
             })
             .await
+    }
+
+    /// The exec helper of container `c` for its current run, started when it has none; `None`
+    /// when it cannot have one (its commands then run as units of their own).
+    async fn helper(&self, units: &ExecUnits, c: &ContainerUnit, ctx: &ExecContext) -> Option<Arc<Helper>> {
+        let mut helpers = self.helpers.lock().await;
+        match helpers.get(&c.unit) {
+            Some(HelperSlot::Running { invocation, helper })
+                if *invocation == c.invocation && !helper.closed().is_cancelled() =>
+            {
+                // Handed out: not idle now, whatever the reaper sees next.
+                helper.touch();
+                return Some(helper.clone());
+            }
+            Some(HelperSlot::Unusable { invocation }) if *invocation == c.invocation => return None,
+            _ => {}
+        }
+        match start_helper(units, c, ctx).await {
+            Ok((helper, handle)) => {
+                log::info!("started the exec helper {} for {}", handle.name(), c.unit);
+                helpers.insert(
+                    c.unit.clone(),
+                    HelperSlot::Running { invocation: c.invocation.clone(), helper: helper.clone() },
+                );
+                tokio::spawn(watch_helper(
+                    self.helpers.clone(),
+                    c.unit.clone(),
+                    c.invocation.clone(),
+                    helper.clone(),
+                    handle,
+                ));
+                Some(helper)
+            }
+            Err(e) => {
+                log::warn!("{}: no exec helper ({e}); its commands run as units of their own", c.unit);
+                helpers.insert(c.unit.clone(), HelperSlot::Unusable { invocation: c.invocation.clone() });
+                None
+            }
+        }
+    }
+}
+
+/// Starts the exec helper of container `c`: `vks exec-helper` as a transient unit with the
+/// container's settings, bound to the container's unit.
+async fn start_helper(
+    units: &ExecUnits,
+    c: &ContainerUnit,
+    ctx: &ExecContext,
+) -> Result<(Arc<Helper>, ExecHandle), String> {
+    let (ours, theirs) = crate::exec_helper::socket_pair().map_err(|e| format!("a socket pair: {e}"))?;
+    let spec = ExecSpec {
+        name: format!("{PREFIX}helper-{}.service", random_hex()),
+        description: format!("vks exec helper for {}/{}/{}", c.meta.namespace, c.meta.pod, c.meta.container),
+        path: VKS_BIN.to_owned(),
+        argv: vec!["vks".into(), "exec-helper".into()],
+        stdio: ExecStdio::Socket(theirs),
+        slice: ctx.slice.clone(),
+        environment: Vec::new(),
+        dropin: ctx.dropin.clone(),
+        binds_to: Some(c.unit.clone()),
+    };
+    let mut handle = units.start(spec).await.map_err(|e| e.to_string())?;
+    match Helper::new(ours) {
+        Ok(helper) => Ok((helper, handle)),
+        Err(e) => {
+            handle.stop().await;
+            Err(format!("watching its socket: {e}"))
+        }
+    }
+}
+
+/// Closes the helper after [`IDLE`] without commands; stops its unit once it ended (which ends
+/// whatever its commands left running) and forgets it. A helper that ended by itself (not with
+/// its container) leaves the container's run to units of their own.
+async fn watch_helper(helpers: Helpers, unit: String, invocation: String, helper: Arc<Helper>, mut handle: ExecHandle) {
+    let mut closed_by_us = false;
+    loop {
+        tokio::select! {
+            () = helper.closed().cancelled() => break,
+            () = tokio::time::sleep(IDLE / 4) => {
+                let mut map = helpers.lock().await;
+                if helper.is_idle(IDLE) {
+                    if matches!(map.get(&unit), Some(HelperSlot::Running { helper: h, .. }) if Arc::ptr_eq(h, &helper)) {
+                        map.remove(&unit);
+                    }
+                    drop(map);
+                    closed_by_us = true;
+                    helper.close();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), helper.closed().cancelled()).await;
+                    break;
+                }
+            }
+        }
+    }
+    {
+        let mut map = helpers.lock().await;
+        if matches!(map.get(&unit), Some(HelperSlot::Running { helper: h, .. }) if Arc::ptr_eq(h, &helper)) {
+            if closed_by_us {
+                map.remove(&unit);
+            } else {
+                log::warn!(
+                    "the exec helper {} of {unit} ended; this run's commands run as units of their own",
+                    handle.name()
+                );
+                map.insert(unit.clone(), HelperSlot::Unusable { invocation });
+            }
+        }
+    }
+    handle.stop().await;
+    log::debug!("exec helper {} of {unit} stopped", handle.name());
+}
+
+/// A command the exec helper runs.
+struct HelperControl {
+    command: HelperCommand,
+}
+
+#[async_trait]
+impl Control for HelperControl {
+    async fn wait(&mut self) -> Result<ExitStatus, String> {
+        match self.command.wait().await {
+            Ok(Ended::Code(c)) => Ok(ExitStatus::Code(c)),
+            Ok(Ended::Signal(s)) => Ok(ExitStatus::Signal(s)),
+            Err(e) => Err(format!("waiting for the command: {e}")),
+        }
+    }
+
+    async fn kill(&mut self) {
+        self.command.kill().await;
     }
 }
 
@@ -138,11 +296,28 @@ impl Containers for HostContainers {
         let ctx = crate::unit::exec_context::context(&c.unit, &c.file, user.as_deref());
         let argv0 = command.first().ok_or("no command given")?;
         let program = crate::unit::exec_context::find_program(argv0, &ctx, crate::images::is_executable)?;
-        let mut process =
-            Process { stdin: None, stdout: None, stderr: None, terminal: None, control: Box::new(NoControl) };
-        let io_err = |what: &str, e: std::io::Error| format!("{what} for the command: {e}");
-        let (exec_stdio, environment) = match stdio.tty {
+        let failed = |e: &dyn std::fmt::Display| format!("starting {argv0:?} in container {}: {e}", c.meta.container);
+        // Without a terminal, through the container's helper (the helper could not chroot into
+        // a root directory of its own).
+        if stdio.tty.is_none()
+            && ctx.root.is_none()
+            && let Some(helper) = self.helper(units, c, &ctx).await
+        {
+            let (mut process, fds) = with_pipes(stdio)?;
+            match helper.run(&program, command, fds).await {
+                Ok(command) => {
+                    process.control = Box::new(HelperControl { command });
+                    return Ok(process);
+                }
+                Err(RunError::Failed(e)) => return Err(failed(&e)),
+                Err(e @ RunError::Unavailable(_)) => {
+                    log::info!("{}: {e}; running {argv0:?} as a unit of its own", c.unit);
+                }
+            }
+        }
+        let (mut process, exec_stdio, environment) = match stdio.tty {
             Some(size) => {
+                let io_err = |what: &str, e: std::io::Error| format!("{what} for the command: {e}");
                 let pty = Pty::open().map_err(|e| io_err("opening a terminal", e))?;
                 let terminal = pty.terminal();
                 if let Some(size) = size {
@@ -150,37 +325,18 @@ impl Containers for HostContainers {
                 }
                 let path = pty.path.clone();
                 let (r, w) = pty.split();
-                process.stdin = stdio.stdin.then(|| Box::new(w) as _);
-                process.stdout = Some(Box::new(r));
-                process.terminal = Some(Box::new(terminal));
-                (ExecStdio::Tty { path }, vec!["TERM=xterm".to_owned()])
+                let process = Process {
+                    stdin: stdio.stdin.then(|| Box::new(w) as _),
+                    stdout: Some(Box::new(r)),
+                    stderr: None,
+                    terminal: Some(Box::new(terminal)),
+                    control: Box::new(NoControl),
+                };
+                (process, ExecStdio::Tty { path }, vec!["TERM=xterm".to_owned()])
             }
             None => {
-                let stdin = if stdio.stdin {
-                    let (r, w) = pipe().map_err(|e| io_err("a stdin pipe", e))?;
-                    let w = tokio::net::unix::pipe::Sender::from_owned_fd(w).map_err(|e| io_err("a stdin pipe", e))?;
-                    process.stdin = Some(Box::new(w));
-                    r
-                } else {
-                    dev_null(false).map_err(|e| io_err("opening /dev/null", e))?
-                };
-                let mut out = |wanted: bool, stderr: bool| -> Result<OwnedFd, String> {
-                    if !wanted {
-                        return dev_null(true).map_err(|e| io_err("opening /dev/null", e));
-                    }
-                    let (r, w) = pipe().map_err(|e| io_err("an output pipe", e))?;
-                    let r =
-                        tokio::net::unix::pipe::Receiver::from_owned_fd(r).map_err(|e| io_err("an output pipe", e))?;
-                    if stderr {
-                        process.stderr = Some(Box::new(r));
-                    } else {
-                        process.stdout = Some(Box::new(r));
-                    }
-                    Ok(w)
-                };
-                let stdout = out(stdio.stdout, false)?;
-                let stderr = out(stdio.stderr, true)?;
-                (ExecStdio::Fds { stdin, stdout, stderr }, Vec::new())
+                let (process, [stdin, stdout, stderr]) = with_pipes(stdio)?;
+                (process, ExecStdio::Fds { stdin, stdout, stderr }, Vec::new())
             }
         };
         let shown: String = command.join(" ").chars().take(200).collect();
@@ -193,11 +349,9 @@ impl Containers for HostContainers {
             slice: ctx.slice.clone(),
             environment,
             dropin: ctx.dropin,
+            binds_to: None,
         };
-        let handle = units
-            .start(spec)
-            .await
-            .map_err(|e| format!("starting {argv0:?} in container {}: {e}", c.meta.container))?;
+        let handle = units.start(spec).await.map_err(|e| failed(&e))?;
         process.control = Box::new(ExecControl { handle });
         Ok(process)
     }
@@ -225,6 +379,37 @@ impl Containers for HostContainers {
         }
         Err(last)
     }
+}
+
+/// A process without a terminal: pipes for the streams the client wants (the others are
+/// /dev/null); the command's ends are returned as stdin, stdout, stderr.
+fn with_pipes(stdio: Stdio) -> Result<(Process, [OwnedFd; 3]), String> {
+    let io_err = |what: &str, e: std::io::Error| format!("{what} for the command: {e}");
+    let mut process = Process { stdin: None, stdout: None, stderr: None, terminal: None, control: Box::new(NoControl) };
+    let stdin = if stdio.stdin {
+        let (r, w) = pipe().map_err(|e| io_err("a stdin pipe", e))?;
+        let w = tokio::net::unix::pipe::Sender::from_owned_fd(w).map_err(|e| io_err("a stdin pipe", e))?;
+        process.stdin = Some(Box::new(w));
+        r
+    } else {
+        dev_null(false).map_err(|e| io_err("opening /dev/null", e))?
+    };
+    let mut out = |wanted: bool, stderr: bool| -> Result<OwnedFd, String> {
+        if !wanted {
+            return dev_null(true).map_err(|e| io_err("opening /dev/null", e));
+        }
+        let (r, w) = pipe().map_err(|e| io_err("an output pipe", e))?;
+        let r = tokio::net::unix::pipe::Receiver::from_owned_fd(r).map_err(|e| io_err("an output pipe", e))?;
+        if stderr {
+            process.stderr = Some(Box::new(r));
+        } else {
+            process.stdout = Some(Box::new(r));
+        }
+        Ok(w)
+    };
+    let stdout = out(stdio.stdout, false)?;
+    let stderr = out(stdio.stderr, true)?;
+    Ok((process, [stdin, stdout, stderr]))
 }
 
 /// A placeholder until the process is started.
