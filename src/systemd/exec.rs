@@ -218,7 +218,9 @@ impl ExecUnits {
         let mut props: Vec<(String, OwnedVariant)> = vec![
             ("Description".into(), variant(spec.description.as_str())?),
             ("Type".into(), variant("exec")?),
-            ("RemainAfterExit".into(), variant(true)?),
+            // Keeps the command's exit status readable; an exec helper reports its commands'
+            // itself, and its unit goes away when it exits (e.g. with the vks that started it).
+            ("RemainAfterExit".into(), variant(!matches!(spec.stdio, ExecStdio::Socket(_)))?),
             ("TimeoutStopUSec".into(), variant(10_000_000u64)?),
             (
                 "ExecStartEx".into(),

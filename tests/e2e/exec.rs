@@ -366,6 +366,24 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
         let _ = s.read(&mut [0u8; 16]);
     });
     pf.wait_err("no process of the pod listens on TCP port 10250", LONG);
+    // The exec helper stops with its container; the container's next run gets a new one.
+    let helper = node.sh("systemctl list-units --no-legend --plain 'vks-exec-helper-*' | cut -d' ' -f1");
+    let helper = helper.trim().to_owned();
+    assert!(helper.starts_with("vks-exec-helper-") && !helper.contains('\n'), "{helper:?}");
+    node.exec(&["systemctl", "kill", "-s", "SIGKILL", &main_unit]);
+    wait_for("main's exec helper to stop with main", LONG, async || {
+        let state = node.unit_prop(&helper, "ActiveState");
+        if state == "active" { Err(state) } else { Ok(()) }
+    })
+    .await;
+    wait_for("an exec into main's next run", LONG, async || {
+        let out = kubectl_output(&["-n", ns, "exec", p, "-c", "main", "--", "echo", "again"]);
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    })
+    .await;
+    let helpers = node.vks_journal().matches(&format!(" for {main_unit}\n")).count();
+    assert_eq!(helpers, 2, "a new helper for main's new run:\n{}", node.vks_journal());
+
     let pf_how = if transport == "WebSocket" { "tunnelled in WebSocket" } else { "over SPDY" };
     let journal = node.vks_journal();
     assert!(journal.contains(&format!("port-forward to pod {ns}/{p} {pf_how}")), "{journal}");
