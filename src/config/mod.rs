@@ -290,6 +290,12 @@ pub struct KubeletConfig {
     /// servers (1.36+) pass exec, attach and port-forward WebSockets straight to vks instead of
     /// translating them to SPDY.
     pub websocket_streaming: bool,
+    /// `kubectl exec` without a terminal runs through a per-container exec helper (else every
+    /// command is a transient unit of its own).
+    pub exec_helpers: bool,
+    /// How long a container's exec helper may go without commands before vks closes it.
+    #[serde(with = "humantime_serde_compat")]
+    pub exec_helper_idle: std::time::Duration,
 }
 
 /// `[paths]`.

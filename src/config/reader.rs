@@ -98,6 +98,10 @@ impl Config {
                 .map_or(64 << 10, |b| usize::try_from(b).unwrap_or(usize::MAX)),
             max_body_bytes: kubelet.bytes("max_body_bytes", &mut errs).unwrap_or(1 << 20),
             websocket_streaming: kubelet.boolean("websocket_streaming", &mut errs).unwrap_or(true),
+            exec_helpers: kubelet.boolean("exec_helpers", &mut errs).unwrap_or(true),
+            exec_helper_idle: kubelet
+                .duration("exec_helper_idle", &mut errs)
+                .unwrap_or(std::time::Duration::from_secs(120)),
         };
         if kubelet_cfg.max_header_bytes < 8192 {
             errs.push(format!(

@@ -126,6 +126,15 @@ fn kubelet_api_limits_are_validated() {
     assert!(c.kubelet.anonymous_auth && c.kubelet.healthz_anonymous);
     assert_eq!(c.kubelet.streaming_idle_timeout, std::time::Duration::from_secs(1800));
     assert_eq!(c.kubelet.max_header_bytes, 16 << 10);
+    assert_eq!(c.kubelet.exec_helper_idle, std::time::Duration::from_secs(120), "the default");
+    assert!(c.kubelet.exec_helpers);
+    let c = parse("[kubelet]\nexec_helpers = false\nexec_helper_idle = \"10m\"\n").unwrap();
+    assert!(!c.kubelet.exec_helpers);
+    assert_eq!(c.kubelet.exec_helper_idle, std::time::Duration::from_secs(600));
+    assert_eq!(
+        errors("[kubelet]\nexec_helper_idle = \"0s\"\n"),
+        ["kubelet.exec_helper_idle: \"0s\" is not a duration like \"30s\", \"5m\" or \"1h\""]
+    );
     let errs = errors(
         "[kubelet]\nanonymous_auth = \"yes\"\nmax_connections = 2\nmax_header_bytes = 100\nidle_timeout = \"soon\"\n",
     );

@@ -16,9 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Reply, Request};
 
-/// How long a helper may go without commands before vks closes it.
-pub const IDLE: Duration = Duration::from_secs(120);
-
 /// Why a command did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -19,7 +19,7 @@
 //! Lifetime: the helper's unit is bound to the container's unit (`BindsTo=`), so it stops with
 //! the container (and the commands with it, as a container runtime ends an exec's processes
 //! with the container); it exits when vks closes its end of the socket (vks does after
-//! [`client::IDLE`] without commands, and the kernel does when vks exits), killing what still
+//! `kubelet.exec_helper_idle` without commands, and the kernel does when vks exits), killing what still
 //! runs. vks sweeps helper units a previous vks left like every `vks-exec-*` unit.
 
 pub mod client;

@@ -124,7 +124,10 @@ impl KubeletServer {
             pods: deps.pods,
             streams: Limiter::new(usize::MAX, limits.max_streams_per_client),
             stream: stream::StreamContext::new(
-                Arc::new(stream::host::HostContainers::default()),
+                Arc::new(stream::host::HostContainers::new(
+                    std::path::Path::new(crate::systemd::UNIT_DIR),
+                    cfg.exec_helpers.then_some(cfg.exec_helper_idle),
+                )),
                 stream::Limits { idle_timeout: cfg.streaming_idle_timeout, ..stream::Limits::default() },
             ),
             limits: limits.clone(),

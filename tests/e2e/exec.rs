@@ -366,7 +366,10 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
         let _ = s.read(&mut [0u8; 16]);
     });
     pf.wait_err("no process of the pod listens on TCP port 10250", LONG);
-    // The exec helper stops with its container; the container's next run gets a new one.
+    // The exec helper stops with its container; the container's next run gets a new one. (An
+    // exec first: the helper may have been closed as idle meanwhile.)
+    kubectl(&["-n", ns, "exec", p, "-c", "main", "--", "true"]);
+    let before = node.vks_journal().matches(&format!(" for {main_unit}\n")).count();
     let helper = node.sh("systemctl list-units --no-legend --plain 'vks-exec-helper-*' | cut -d' ' -f1");
     let helper = helper.trim().to_owned();
     assert!(helper.starts_with("vks-exec-helper-") && !helper.contains('\n'), "{helper:?}");
@@ -382,7 +385,7 @@ async fn battery(node: &Node, ns: &str, transport: &str, port: u16) {
     })
     .await;
     let helpers = node.vks_journal().matches(&format!(" for {main_unit}\n")).count();
-    assert_eq!(helpers, 2, "a new helper for main's new run:\n{}", node.vks_journal());
+    assert_eq!(helpers, before + 1, "a new helper for main's new run:\n{}", node.vks_journal());
 
     let pf_how = if transport == "WebSocket" { "tunnelled in WebSocket" } else { "over SPDY" };
     let journal = node.vks_journal();
@@ -477,4 +480,62 @@ async fn exec_attach_port_forward_over_spdy() {
     })
     .await;
     battery(&node, &ns.name, "SPDY", port_for(1)).await;
+}
+
+/// The exec helper's life: closed when idle, ended with vks (and its running command with it,
+/// the container untouched), and off with `exec_helpers = false`.
+#[tokio::test]
+#[ignore = "needs the test cluster and systemd nodes: run tests/run"]
+async fn exec_helper_idles_out_ends_with_vks_and_can_be_turned_off() {
+    let node = Node::up("exec-helper");
+    node.sh(
+        "sed -i 's/^\\[kubelet\\]$/[kubelet]\\nexec_helper_idle = \"3s\"/' /etc/vks/config.toml && systemctl restart vks",
+    );
+    let ns = Namespace::new("exec-helper");
+    let (ns, p) = (ns.name.as_str(), "h");
+    let client = client().await;
+    let spec = json!({ "terminationGracePeriodSeconds": 2,
+        "containers": [{ "name": "c", "image": "/bin/sh", "command": ["/bin/sh", "-c", "exec sleep infinity"] }] });
+    create_pod(&client, ns, crate::data::pod(p, &node, spec)).await;
+    wait_phase(&client, ns, p, "Running", LONG).await;
+    let unit = unit_name(ns, p, "c");
+    let helpers = || node.sh("systemctl list-units --no-legend --plain 'vks-exec-helper-*' | cut -d' ' -f1");
+    let started = || node.vks_journal().matches(&format!(" for {unit}\n")).count();
+
+    assert_eq!(kubectl(&["-n", ns, "exec", p, "-c", "c", "--", "echo", "one"]), "one\n");
+    assert!(helpers().contains("vks-exec-helper-"), "a helper after the first command");
+    wait_for("the idle helper to be closed", LONG, async || {
+        let h = helpers();
+        if h.trim().is_empty() { Ok(()) } else { Err(h) }
+    })
+    .await;
+    assert_eq!(kubectl(&["-n", ns, "exec", p, "-c", "c", "--", "echo", "two"]), "two\n");
+    assert_eq!(started(), 2, "a new helper after the idle one was closed");
+
+    // vks restarts while a command runs: the helper and the command end, the container runs on.
+    let main_pid = node.unit_prop(&unit, "MainPID");
+    let mut long =
+        Running::spawn(&["-n", ns, "exec", p, "-c", "c", "--", "sh", "-c", "echo started; exec sleep 2345"], false);
+    long.wait_out("started", LONG);
+    node.exec(&["systemctl", "restart", "vks"]);
+    drop(long);
+    wait_for("the helper and its command to end with vks", LONG, async || {
+        let left = format!("{}{}", helpers(), node.sh("pgrep -f 'sleep 234[5]' || true"));
+        if left.trim().is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+    assert_eq!(node.unit_prop(&unit, "MainPID"), main_pid, "the container was not touched");
+
+    // Turned off: the command is a transient unit of its own.
+    node.sh(
+        "sed -i 's/^\\[kubelet\\]$/[kubelet]\\nexec_helpers = false/' /etc/vks/config.toml && systemctl restart vks",
+    );
+    let cgroup = wait_for("an exec after vks restarted", LONG, async || {
+        let out = kubectl_output(&["-n", ns, "exec", p, "-c", "c", "--", "cat", "/proc/self/cgroup"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() { Ok(text) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    })
+    .await;
+    assert!(cgroup.contains("/vks-exec-") && !cgroup.contains("/vks-exec-helper-"), "{cgroup}");
+    assert!(helpers().trim().is_empty(), "no helper: {}", helpers());
 }

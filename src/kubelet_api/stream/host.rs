@@ -1,6 +1,6 @@
 //! The real [`Containers`]: container units read through the [`Systemd`] boundary; commands run
 //! by the container's exec helper ([`crate::exec_helper`], started on the first command and
-//! closed after [`IDLE`] without one), or as their own transient units ([`ExecUnits`]) when they
+//! closed after `kubelet.exec_helper_idle` without one), or as their own transient units ([`ExecUnits`]) when they
 //! need a terminal, the container has its own root directory or its helper cannot run; attach
 //! through the container's journal and its stdin FIFO, port-forward to the pod's own listeners
 //! ([`super::ports`]). The D-Bus connections are made on first use, so a node that never serves
@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use super::backend::{Conn, ContainerUnit, Containers, Control, ExitStatus, Process, Stdio};
 use super::pty::Pty;
-use crate::exec_helper::client::{Command as HelperCommand, Ended, Helper, IDLE, RunError};
+use crate::exec_helper::client::{Command as HelperCommand, Ended, Helper, RunError};
 use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::exec::{ExecHandle, ExecSpec, ExecStdio, ExecUnits, PREFIX};
 use crate::systemd::{ActiveState, ExitKind, Systemd, UNIT_DIR};
@@ -47,11 +47,13 @@ pub struct HostContainers {
     systemd: OnceCell<Arc<dyn Systemd>>,
     exec: OnceCell<ExecUnits>,
     helpers: Helpers,
+    /// How long a helper may go without commands; `None`: no helpers.
+    helper_idle: Option<Duration>,
 }
 
 impl Default for HostContainers {
     fn default() -> Self {
-        HostContainers::new(Path::new(UNIT_DIR))
+        HostContainers::new(Path::new(UNIT_DIR), Some(Duration::from_secs(120)))
     }
 }
 
@@ -87,13 +89,15 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl HostContainers {
-    /// Containers whose units are in `unit_dir`.
-    pub fn new(unit_dir: &Path) -> HostContainers {
+    /// Containers whose units are in `unit_dir`; exec helpers are closed after `helper_idle`
+    /// without commands (`None`: none are started).
+    pub fn new(unit_dir: &Path, helper_idle: Option<Duration>) -> HostContainers {
         HostContainers {
             unit_dir: unit_dir.to_owned(),
             systemd: OnceCell::new(),
             exec: OnceCell::new(),
             helpers: Helpers::default(),
+            helper_idle,
         }
     }
 
@@ -119,6 +123,7 @@ impl HostContainers {
     /// The exec helper of container `c` for its current run, started when it has none; `None`
     /// when it cannot have one (its commands then run as units of their own).
     async fn helper(&self, units: &ExecUnits, c: &ContainerUnit, ctx: &ExecContext) -> Option<Arc<Helper>> {
+        let idle = self.helper_idle?;
         let mut helpers = self.helpers.lock().await;
         match helpers.get(&c.unit) {
             Some(HelperSlot::Running { invocation, helper })
@@ -144,6 +149,7 @@ impl HostContainers {
                     c.invocation.clone(),
                     helper.clone(),
                     handle,
+                    idle,
                 ));
                 Some(helper)
             }
@@ -185,17 +191,24 @@ async fn start_helper(
     }
 }
 
-/// Closes the helper after [`IDLE`] without commands; stops its unit once it ended (which ends
+/// Closes the helper after `idle` without commands; stops its unit once it ended (which ends
 /// whatever its commands left running) and forgets it. A helper that ended by itself (not with
 /// its container) leaves the container's run to units of their own.
-async fn watch_helper(helpers: Helpers, unit: String, invocation: String, helper: Arc<Helper>, mut handle: ExecHandle) {
+async fn watch_helper(
+    helpers: Helpers,
+    unit: String,
+    invocation: String,
+    helper: Arc<Helper>,
+    mut handle: ExecHandle,
+    idle: Duration,
+) {
     let mut closed_by_us = false;
     loop {
         tokio::select! {
             () = helper.closed().cancelled() => break,
-            () = tokio::time::sleep(IDLE / 4) => {
+            () = tokio::time::sleep(idle / 4) => {
                 let mut map = helpers.lock().await;
-                if helper.is_idle(IDLE) {
+                if helper.is_idle(idle) {
                     if matches!(map.get(&unit), Some(HelperSlot::Running { helper: h, .. }) if Arc::ptr_eq(h, &helper)) {
                         map.remove(&unit);
                     }
@@ -214,8 +227,9 @@ async fn watch_helper(helpers: Helpers, unit: String, invocation: String, helper
             if closed_by_us {
                 map.remove(&unit);
             } else {
-                log::warn!(
-                    "the exec helper {} of {unit} ended; this run's commands run as units of their own",
+                // With its container (a new run gets a new helper), or by itself.
+                log::info!(
+                    "the exec helper {} of {unit} ended; the rest of this run's commands run as units of their own",
                     handle.name()
                 );
                 map.insert(unit.clone(), HelperSlot::Unusable { invocation });

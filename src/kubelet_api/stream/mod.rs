@@ -41,6 +41,12 @@ pub use super::body::Body;
 
 const PROTOCOL_VERSION: &str = "X-Stream-Protocol-Version";
 const ACCEPTED_VERSIONS: &str = "X-Accepted-Stream-Protocol-Versions";
+/// How long after a session opened a failure to start is sent at the earliest. client-go's
+/// WebSocket client (kubectl 1.30+, whether the API server passes its WebSocket through or
+/// translates it to SPDY) reads the connection before it registered its streams and drops what
+/// arrives first ("Unknown stream id 3, discarding message"): a failure sent at once, like an
+/// executable not found, would be lost and kubectl would print "closed all streams" instead.
+const EARLY_FAILURE_HOLD: Duration = Duration::from_millis(250);
 
 /// Timeouts of streaming sessions.
 #[derive(Debug, Clone, Copy)]
@@ -376,6 +382,7 @@ async fn run(
     mut channels: channels::Channels,
     what: &str,
 ) {
+    let opened = tokio::time::Instant::now();
     let o = channels.options;
     // kubectl sends the terminal's size right after opening the session: start with it.
     let mut first_size = None;
@@ -398,6 +405,7 @@ async fn run(
         }
         Err(e) => {
             log::info!("{what}: {e}");
+            tokio::time::sleep_until(opened + EARLY_FAILURE_HOLD).await;
             let _ = channels.out.send(channels::Out::Done(channels::Outcome::Error(e))).await;
         }
     }
