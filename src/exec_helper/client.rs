@@ -36,6 +36,9 @@ pub enum Ended {
     Signal(i32),
 }
 
+/// How long the helper may take to say whether it started a command.
+const START_WITHIN: Duration = Duration::from_secs(30);
+
 type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Reply>>>>;
 
 /// A connection to one helper.
@@ -55,15 +58,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Helper {
-    /// Talks to the helper on the other end of `sock`; starts the task that reads its replies
-    /// (it ends, and [`Helper::closed`] fires, when the helper's end closes).
-    pub fn new(sock: OwnedFd) -> io::Result<Arc<Helper>> {
+    /// Talks to the helper on the other end of `sock` once it said it is ready (within
+    /// `ready_within`); starts the task that reads its replies (it ends, and
+    /// [`Helper::closed`] fires, when the helper's end closes).
+    pub async fn connect(sock: OwnedFd, ready_within: Duration) -> io::Result<Arc<Helper>> {
+        let sock = {
+            let s = std::os::unix::net::UnixDatagram::from(sock);
+            s.set_nonblocking(true)?;
+            UnixDatagram::from_std(s)?
+        };
+        let first = tokio::time::timeout(ready_within, sock.async_io(Interest::READABLE, || super::recv(&sock, true)))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("not ready within {ready_within:?}")))??;
+        match serde_json::from_slice::<Reply>(&first.bytes) {
+            Ok(Reply::Ready) => {}
+            _ if first.bytes.is_empty() => {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it exited (its journal says why)"));
+            }
+            _ => {
+                let said = String::from_utf8_lossy(&first.bytes).into_owned();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("it said {said:?} first")));
+            }
+        }
         let helper = Arc::new(Helper {
-            sock: Arc::new({
-                let s = std::os::unix::net::UnixDatagram::from(sock);
-                s.set_nonblocking(true)?;
-                UnixDatagram::from_std(s)?
-            }),
+            sock: Arc::new(sock),
             pending: Pending::default(),
             next: AtomicU64::new(1),
             closed: CancellationToken::new(),
@@ -131,14 +149,20 @@ impl Helper {
         let fds = [stdio[0].as_fd(), stdio[1].as_fd(), stdio[2].as_fd()];
         self.send(&msg, &fds).await.map_err(|e| RunError::Unavailable(format!("sending the command: {e}")))?;
         drop(stdio);
-        match command.replies.recv().await {
+        let first = tokio::time::timeout(START_WITHIN, command.replies.recv()).await;
+        let Ok(first) = first else {
+            return Err(RunError::Failed(format!("no answer from the exec helper within {START_WITHIN:?}")));
+        };
+        match first {
             Some(Reply::Started { .. }) => Ok(command),
             Some(Reply::Failed { error, .. }) => {
                 command.done = true;
                 Err(RunError::Failed(error))
             }
-            Some(other) => Err(RunError::Unavailable(format!("an unexpected first reply {other:?}"))),
-            None => Err(RunError::Unavailable("it ended before the command started".into())),
+            // The request went out: whether the command started is unknown, so it is not run
+            // another way.
+            Some(other) => Err(RunError::Failed(format!("the exec helper answered {other:?}"))),
+            None => Err(RunError::Failed("the container's exec helper ended before the command started".into())),
         }
     }
 }
@@ -152,6 +176,7 @@ async fn read_replies(sock: &UnixDatagram, pending: &Pending) -> io::Result<()> 
         match serde_json::from_slice::<Reply>(&got.bytes) {
             Ok(r) => {
                 let id = match &r {
+                    Reply::Ready => continue,
                     Reply::Started { id }
                     | Reply::Failed { id, .. }
                     | Reply::Exited { id, .. }
@@ -194,7 +219,7 @@ impl Command {
                     self.done = true;
                     return Err(error);
                 }
-                Some(Reply::Started { .. }) => {}
+                Some(Reply::Started { .. } | Reply::Ready) => {}
                 // The helper's unit stopped (with the container): so did the command.
                 None => {
                     self.done = true;
@@ -248,10 +273,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_helper_that_does_not_say_it_is_ready_is_not_used() {
+        let (vks, theirs) = socket_pair().unwrap();
+        drop(theirs);
+        let e = Helper::connect(vks, Duration::from_secs(10)).await.err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+
+        let (vks, theirs) = socket_pair().unwrap();
+        crate::exec_helper::send(theirs.as_fd(), br#"{"reply":"exited","id":1,"code":0}"#, &[], false).unwrap();
+        let e = Helper::connect(vks, Duration::from_secs(10)).await.err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+
+        let (vks, _theirs) = socket_pair().unwrap();
+        let e = Helper::connect(vks, Duration::from_millis(50)).await.err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    #[tokio::test]
     async fn commands_run_concurrently_and_the_end_of_the_helper_is_seen() {
         let (vks, theirs) = socket_pair().unwrap();
         let server = std::thread::spawn(move || server::serve(&theirs));
-        let helper = Helper::new(vks).unwrap();
+        let helper = Helper::connect(vks, Duration::from_secs(10)).await.unwrap();
         let mut slow = helper.run("/bin/sh", &argv(&["sh", "-c", "sleep 0.5; exit 4"]), null()).await.unwrap();
         let mut fast = helper.run("/bin/sh", &argv(&["sh", "-c", "exit 5"]), null()).await.unwrap();
         assert!(!helper.is_idle(Duration::ZERO));

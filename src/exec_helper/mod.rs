@@ -10,7 +10,8 @@
 //! unit, and systemd is no longer on the command's path.
 //!
 //! vks talks to the helper over a `SOCK_SEQPACKET` socket pair whose other end is the helper's
-//! stdin. Each message is one JSON document ([`Request`], [`Reply`]); a [`Request::Run`]
+//! stdin. The helper first says [`Reply::Ready`]. Each message is one JSON document
+//! ([`Request`], [`Reply`]); a [`Request::Run`]
 //! carries the command's stdin, stdout and stderr as three file descriptors (`SCM_RIGHTS`), so
 //! the command writes straight into vks's pipes. The helper replies [`Reply::Started`] (or
 //! [`Reply::Failed`] when the program could not be executed) and, when the command ended and
@@ -64,6 +65,9 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
+    /// The helper runs and can watch commands (its first message; a helper that cannot exits
+    /// instead, and its container's commands run as units of their own).
+    Ready,
     /// The program was executed.
     Started {
         /// The command.

@@ -39,6 +39,13 @@ fn reply(sock: &OwnedFd, r: &Reply) {
 
 /// Serves the requests on `sock` until its peer closes it; kills what still runs then.
 pub fn serve(sock: &OwnedFd) -> i32 {
+    // Commands are watched through pidfds: a sandbox whose system call filter refuses them gets
+    // no helper.
+    if let Err(e) = rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty()) {
+        eprintln!("vks exec-helper: cannot watch processes (pidfd_open: {e})");
+        return 1;
+    }
+    reply(sock, &Reply::Ready);
     let mut running: Vec<Running> = Vec::new();
     let code = loop {
         let (sock_ready, exited) = {
@@ -168,6 +175,7 @@ mod tests {
     fn runs_commands_reports_codes_and_signals_and_kills_on_request() {
         let (vks, helper) = socket_pair().unwrap();
         let server = std::thread::spawn(move || serve(&helper));
+        assert_eq!(answer(&vks), Reply::Ready);
         let null = std::fs::File::open("/dev/null").unwrap();
         let (mut out_r, out_w) = std::io::pipe().unwrap();
         let (mut err_r, err_w) = std::io::pipe().unwrap();

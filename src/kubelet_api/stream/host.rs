@@ -182,11 +182,11 @@ async fn start_helper(
         binds_to: Some(c.unit.clone()),
     };
     let mut handle = units.start(spec).await.map_err(|e| e.to_string())?;
-    match Helper::new(ours) {
+    match Helper::connect(ours, Duration::from_secs(10)).await {
         Ok(helper) => Ok((helper, handle)),
         Err(e) => {
             handle.stop().await;
-            Err(format!("watching its socket: {e}"))
+            Err(format!("{}: {e}", handle.name()))
         }
     }
 }
