@@ -72,6 +72,8 @@ pub fn serve(sock: &OwnedFd) -> i32 {
         let msg = match super::recv(sock, false) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // vks exited with a reply of ours unread: the kernel reports that as a reset.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break 0,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 reply(sock, &Reply::Failed { id: 0, error: e.to_string() });
                 continue;
@@ -217,6 +219,16 @@ mod tests {
 
         send(vks.as_fd(), b"{not json", &[], false).unwrap();
         assert!(matches!(answer(&vks), Reply::Failed { id: 0, .. }));
+
+        // vks ending with a reply unread is the end too (the kernel reports a reset), not a
+        // failure of the helper.
+        let (vks2, helper2) = socket_pair().unwrap();
+        let server2 = std::thread::spawn(move || serve(&helper2));
+        assert_eq!(answer(&vks2), Reply::Ready);
+        ask(&vks2, &run(9, &["sh", "-c", "exit 0"]), &[null.as_fd(), sink.as_fd(), sink.as_fd()]);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(vks2);
+        assert_eq!(server2.join().unwrap(), 0);
 
         // A command still running when vks closes its end is killed; the helper exits 0.
         ask(&vks, &run(5, &["sh", "-c", "exec sleep 60"]), &[null.as_fd(), sink.as_fd(), sink.as_fd()]);

@@ -245,8 +245,10 @@ impl ExecUnits {
             }
             ExecStdio::Socket(sock) => {
                 props.push(("StandardInputFileDescriptor".into(), fd(sock)?));
-                // The exec helper: one of its commands killed for memory does not stop it.
+                // The exec helper: one of its commands killed for memory does not stop it, and
+                // its unit goes away when it ends, however it ended.
                 props.push(("OOMPolicy".into(), variant("continue")?));
+                props.push(("CollectMode".into(), variant("inactive-or-failed")?));
             }
             ExecStdio::Tty { path } => {
                 props.push(("TTYPath".into(), variant(path.as_str())?));
