@@ -27,6 +27,15 @@ pub fn tty_socket(unit: &str) -> String {
     format!("/run/{}/tty", stdin_dir(unit))
 }
 
+/// What the unit file vks wrote for container unit `unit` gives the container: an input FIFO
+/// (`stdin: true`: its `ExecStart=` names [`stdin_fifo`]) and a terminal (`tty: true`: it runs
+/// `vks tty-shim`). Both appear only once the container's process made them.
+pub fn io_of(unit: &str, file: &str) -> (bool, bool) {
+    let exec_start = file.lines().find(|l| l.starts_with("ExecStart=")).unwrap_or_default();
+    let tty = exec_start.contains("\"tty-shim\"");
+    (!tty && exec_start.contains(&format!("\"{}\"", stdin_fifo(unit))), tty)
+}
+
 /// The `ExecStart=` value. A container with `stdin: true` starts through `/bin/sh`, which makes
 /// the FIFO [`stdin_fifo`] in the unit's runtime directory (owned by the container's user),
 /// opens it read-write as its stdin — so the container never reads end of input between attach
@@ -109,6 +118,8 @@ mod tests {
             "{file}"
         );
         assert_eq!(stdin_fifo(&u.name), "/run/vks-stdin/vks.ns.p.c.service/stdin");
+        assert_eq!(io_of(&u.name, &file), (true, false));
+        assert_eq!(io_of("vks.ns.p.other.service", &file), (false, false));
         let c = container(serde_json::json!({"name": "c", "command": ["/bin/cat"]}));
         let u = plan(
             &p,
@@ -122,6 +133,7 @@ mod tests {
         .unwrap();
         let file = render(&u).unwrap();
         assert!(file.contains("ExecStart=\"@/bin/cat\" \"/bin/cat\"\n"), "{file}");
+        assert_eq!(io_of(&u.name, &file), (false, false));
         assert!(!file.contains("RuntimeDirectory") && !file.contains("BindPaths"), "{file}");
         assert!(file.contains("TemporaryFileSystem=/run/vks-stdin\n"), "{file}");
     }
@@ -144,5 +156,6 @@ mod tests {
         );
         assert!(file.contains("RuntimeDirectory=vks-stdin/vks.ns.p.c.service\n"), "{file}");
         assert_eq!(tty_socket(&u.name), "/run/vks-stdin/vks.ns.p.c.service/tty");
+        assert_eq!(io_of(&u.name, &file), (false, true));
     }
 }

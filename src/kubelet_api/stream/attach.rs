@@ -132,10 +132,29 @@ async fn attach_terminal(
     })
 }
 
+/// How long a container's process may take to make its FIFO or terminal socket.
+const IO_APPEARS_WITHIN: Duration = Duration::from_secs(5);
+
+/// Waits until `path` exists, [`IO_APPEARS_WITHIN`] at most (then the caller reports it missing).
+async fn appears(path: &str) {
+    let deadline = tokio::time::Instant::now() + IO_APPEARS_WITHIN;
+    while !tokio::fs::try_exists(path).await.unwrap_or(false) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Attaches to the container of `c`.
 pub async fn attach(c: &ContainerUnit, stdio: Stdio, systemd: Arc<dyn Systemd>) -> Result<Process, String> {
     let name = &c.meta.container;
     let socket = tty_socket(&c.unit);
+    // The container's process makes its FIFO or terminal socket just after it started: a client
+    // that attaches at once (`kubectl debug -i` does) waits for it.
+    let (fifo, tty) = crate::unit::stdin::io_of(&c.unit, &c.file);
+    if tty {
+        appears(&socket).await;
+    } else if fifo && stdio.stdin {
+        appears(&stdin_fifo(&c.unit)).await;
+    }
     if tokio::fs::try_exists(&socket).await.unwrap_or(false) {
         return attach_terminal(c, &socket, stdio, systemd).await;
     }
