@@ -32,7 +32,9 @@ enum HelperSlot {
         invocation: String,
         helper: Arc<Helper>,
     },
-    /// It could not be started or ended by itself: this run's commands are units of their own.
+    /// It could not be started (e.g. the container's system call filter refuses what it needs):
+    /// this run's commands are units of their own. (Kept until the unit runs again; one short
+    /// entry per such container.)
     Unusable {
         invocation: String,
     },
@@ -143,14 +145,7 @@ impl HostContainers {
                     c.unit.clone(),
                     HelperSlot::Running { invocation: c.invocation.clone(), helper: helper.clone() },
                 );
-                tokio::spawn(watch_helper(
-                    self.helpers.clone(),
-                    c.unit.clone(),
-                    c.invocation.clone(),
-                    helper.clone(),
-                    handle,
-                    idle,
-                ));
+                tokio::spawn(watch_helper(self.helpers.clone(), c.unit.clone(), helper.clone(), handle, idle));
                 Some(helper)
             }
             Err(e) => {
@@ -192,16 +187,8 @@ async fn start_helper(
 }
 
 /// Closes the helper after `idle` without commands; stops its unit once it ended (which ends
-/// whatever its commands left running) and forgets it. A helper that ended by itself (not with
-/// its container) leaves the container's run to units of their own.
-async fn watch_helper(
-    helpers: Helpers,
-    unit: String,
-    invocation: String,
-    helper: Arc<Helper>,
-    mut handle: ExecHandle,
-    idle: Duration,
-) {
+/// whatever its commands left running) and forgets it.
+async fn watch_helper(helpers: Helpers, unit: String, helper: Arc<Helper>, mut handle: ExecHandle, idle: Duration) {
     let mut closed_by_us = false;
     loop {
         tokio::select! {
@@ -223,17 +210,14 @@ async fn watch_helper(
     }
     {
         let mut map = helpers.lock().await;
+        // Forgotten however it ended (a slot kept for every stopped container would grow with
+        // the pods the node ever ran); a helper that ended by itself is started again on the
+        // next command.
         if matches!(map.get(&unit), Some(HelperSlot::Running { helper: h, .. }) if Arc::ptr_eq(h, &helper)) {
-            if closed_by_us {
-                map.remove(&unit);
-            } else {
-                // With its container (a new run gets a new helper), or by itself.
-                log::info!(
-                    "the exec helper {} of {unit} ended; the rest of this run's commands run as units of their own",
-                    handle.name()
-                );
-                map.insert(unit.clone(), HelperSlot::Unusable { invocation });
-            }
+            map.remove(&unit);
+        }
+        if !closed_by_us {
+            log::info!("the exec helper {} of {unit} ended (with its container, or by itself)", handle.name());
         }
     }
     handle.stop().await;
