@@ -5,8 +5,13 @@
 //! unit-file parser, exactly as in the container's unit). `RemainAfterExit=yes` keeps the exit
 //! status readable until vks stopped the unit, which also ends whatever the command started.
 //!
-//! Units are named `vks-exec-<16 hex digits>.service` (never `vks.*`, the prefix of container
-//! units); [`ExecUnits::sweep`] stops what a previous vks left behind.
+//! The same start serves the exec helper ([`crate::exec_helper`]): its stdin is a socket
+//! ([`ExecStdio::Socket`]), it is bound to the container's unit and its unit is collected when it
+//! exits.
+//!
+//! Units are named `vks-exec-<16 hex digits>.service` or `vks-exec-helper-<16 hex
+//! digits>.service` (never `vks.*`, the prefix of container units); [`ExecUnits::sweep`] stops
+//! what a previous vks left behind.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
