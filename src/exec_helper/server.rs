@@ -226,7 +226,8 @@ mod tests {
         let server2 = std::thread::spawn(move || serve(&helper2));
         assert_eq!(answer(&vks2), Reply::Ready);
         ask(&vks2, &run(9, &["sh", "-c", "exit 0"]), &[null.as_fd(), sink.as_fd(), sink.as_fd()]);
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Wait until a reply sits unread in vks's queue, then leave without reading it.
+        rustix::event::poll(&mut [PollFd::new(&vks2, PollFlags::IN)], None).unwrap();
         drop(vks2);
         assert_eq!(server2.join().unwrap(), 0);
 
