@@ -9,6 +9,7 @@
 //! `-f` started before any entry carried the matched value misses entries (so following goes
 //! through an unfiltered reader, see the logs' `hub.rs`).
 
+mod files;
 pub mod native;
 
 use std::process::Stdio;

@@ -20,7 +20,7 @@ pub const DIRECTORIES: [&str; 2] = ["/run/log/journal", "/var/log/journal"];
 
 /// Entries that fail to decode (a torn write at the end of a file being written) are skipped;
 /// this many in one read end it with an error.
-const MAX_BAD_ENTRIES: usize = 1000;
+pub(super) const MAX_BAD_ENTRIES: usize = 1000;
 
 /// What to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,14 +94,28 @@ pub enum ReadError {
     Write(#[from] std::io::Error),
 }
 
-/// Reads what `r` asks for and writes it to `out`.
+/// Reads what `r` asks for and writes it to `out`: with vks's fast reader ([`super::files`])
+/// when every file qualifies, else with `sdjournal`.
 pub fn read(r: &Request, out: &mut impl Write) -> Result<(), ReadError> {
-    let dirs: Vec<PathBuf> =
-        if r.directories.is_empty() { DIRECTORIES.iter().map(PathBuf::from).collect() } else { r.directories.clone() };
-    let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+    let dirs = directories(r);
     if dirs.is_empty() {
         return Ok(());
     }
+    match super::files::read(r, &dirs, out)? {
+        Ok(()) => Ok(()),
+        Err(_unsupported) => read_general(r, &dirs, out),
+    }
+}
+
+/// The existing directories `r` names, or the default ones.
+fn directories(r: &Request) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> =
+        if r.directories.is_empty() { DIRECTORIES.iter().map(PathBuf::from).collect() } else { r.directories.clone() };
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+/// Reads what `r` asks for from `dirs` with the `sdjournal` crate (every file format it knows).
+pub(super) fn read_general(r: &Request, dirs: &[PathBuf], out: &mut impl Write) -> Result<(), ReadError> {
     // Online files are mapped too (see the module's note on SIGBUS): journalctl does the same.
     // At most as many files as libsystemd opens (JOURNAL_FILES_MAX).
     let config = sdjournal::JournalConfig {
@@ -109,7 +123,7 @@ pub fn read(r: &Request, out: &mut impl Write) -> Result<(), ReadError> {
         max_journal_files: 7168,
         ..sdjournal::JournalConfig::default()
     };
-    let journal = match sdjournal::Journal::open_dirs_with_config(&dirs, config) {
+    let journal = match sdjournal::Journal::open_dirs_with_config(dirs, config) {
         Ok(j) => j,
         // No journal file yet: no lines (files that cannot be opened are skipped, as by journalctl).
         Err(sdjournal::SdJournalError::NotFound) => return Ok(()),
