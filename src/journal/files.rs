@@ -19,7 +19,7 @@
 //! The format: systemd's `docs/JOURNAL_FILE_FORMAT.md`. The output is checked against
 //! `sdjournal`'s on journal files journald wrote (`tests/testdata/journal/`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::hash::Hasher;
 use std::io::Write;
@@ -71,7 +71,7 @@ pub fn read(r: &Request, dirs: &[PathBuf], out: &mut impl Write) -> Result<Resul
         return Ok(Err(Unsupported("no match".into())));
     }
     let mut files = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for path in discover(dirs) {
         // Files that cannot be opened or are not journal files are skipped, as by journalctl.
         let Ok(f) = JournalFile::open(&path) else { continue };
@@ -85,7 +85,7 @@ pub fn read(r: &Request, dirs: &[PathBuf], out: &mut impl Write) -> Result<Resul
     let wanted: Vec<&str> = super::FIELDS.split(',').collect();
     let mut cursors = Vec::new();
     for (i, f) in files.iter_mut().enumerate() {
-        match FileCursor::new(i, f, &r.matches) {
+        match FileCursor::new(i, f, &r.matches, r.since_us) {
             Some(c) => cursors.push(c),
             // Nothing to read here: only the open file stays (a few hundred of them at most).
             None => f.release(),
@@ -96,7 +96,8 @@ pub fn read(r: &Request, dirs: &[PathBuf], out: &mut impl Write) -> Result<Resul
     let tail = r.tail.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let mut last: VecDeque<Pos> = VecDeque::new();
     let mut bad = 0;
-    let mut fields = Fields::new(wanted.len());
+    // The wanted fields of the entry being written, reused.
+    let mut fields: Vec<Option<Rc<[u8]>>> = vec![None; wanted.len()];
     while let Some(pos) = next_in_order(&mut files, &mut cursors, r.since_us, &mut bad)? {
         match tail {
             Some(0) => break,
@@ -202,29 +203,16 @@ fn next_in_order(
     }
 }
 
-/// The wanted fields of one entry.
-struct Fields {
-    values: Vec<Option<Rc<[u8]>>>,
-}
-
-impl Fields {
-    fn new(n: usize) -> Self {
-        Fields { values: vec![None; n] }
-    }
-}
-
 /// Writes the entry at `pos`; `Ok(Err(..))` when it could not be read (skipped).
 fn emit(
     f: &mut JournalFile,
     pos: Pos,
     wanted: &[&str],
-    fields: &mut Fields,
+    fields: &mut [Option<Rc<[u8]>>],
     zstd: &mut zstd::bulk::Decompressor<'static>,
     out: &mut impl Write,
 ) -> Result<Result<(), String>, ReadError> {
-    for v in &mut fields.values {
-        *v = None;
-    }
+    fields.fill(None);
     let items = match f.entry_items(pos.offset) {
         Ok(items) => items,
         Err(e) => return Ok(Err(e)),
@@ -235,12 +223,12 @@ fn emit(
             Err(e) => return Ok(Err(format!("{}: {e}", f.path.display()))),
         };
         if let Known::Wanted(i, value) = known
-            && fields.values[i].is_none()
+            && fields[i].is_none()
         {
-            fields.values[i] = Some(value);
+            fields[i] = Some(value);
         }
     }
-    let present = wanted.iter().zip(&fields.values).filter_map(|(n, v)| v.as_deref().map(|v| (*n, v)));
+    let present = wanted.iter().zip(fields.iter()).filter_map(|(n, v)| v.as_deref().map(|v| (*n, v)));
     write_entry(out, pos.seqnum, pos.realtime, present)?;
     Ok(Ok(()))
 }
@@ -428,18 +416,16 @@ impl JournalFile {
     fn entry_items(&mut self, entry: u64) -> Result<Vec<u64>, String> {
         let compact = self.compact();
         let o = self.object(entry, OBJECT_ENTRY)?;
-        let items = o.get(64..).unwrap_or_default();
-        Ok(if compact {
-            items.chunks_exact(4).map(|c| u64::from(le32(c, 0))).collect()
-        } else {
-            items.chunks_exact(16).map(|c| le64(c, 0)).collect()
-        })
+        Ok(items_of(o, compact).collect())
     }
 
-    /// The entry's seqnum and time.
-    fn entry_order(&mut self, entry: u64) -> Result<(u64, u64), String> {
+    /// The entry's seqnum and time when it refers to every data object of `all`, from one read
+    /// of the entry and without collecting its items.
+    fn entry_order_if(&mut self, entry: u64, all: &[u64]) -> Result<Option<(u64, u64)>, String> {
+        let compact = self.compact();
         let o = self.object(entry, OBJECT_ENTRY)?;
-        Ok((le64(o, 16), le64(o, 24)))
+        let has = |d: &u64| items_of(o, compact).any(|i| i == *d);
+        Ok(all.iter().all(has).then(|| (le64(o, 16), le64(o, 24))))
     }
 
     /// What the data object at `offset` holds (remembered unless it is `MESSAGE`).
@@ -488,6 +474,14 @@ impl JournalFile {
         }
         Ok(known)
     }
+}
+
+/// The data object offsets of an entry object.
+fn items_of(entry: &[u8], compact: bool) -> impl Iterator<Item = u64> + '_ {
+    let items = entry.get(64..).unwrap_or_default();
+    let (size, read): (usize, fn(&[u8]) -> u64) =
+        if compact { (4, |c| u64::from(le32(c, 0))) } else { (16, |c| le64(c, 0)) };
+    items.chunks_exact(size).map(read)
 }
 
 /// `pread` until `buf` is full or the end of the file.

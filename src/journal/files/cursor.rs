@@ -16,13 +16,20 @@ pub(super) struct FileCursor {
     array_items: Vec<u64>,
     array_at: usize,
     left: u64,
+    /// Entry arrays that end before this time are skipped whole.
+    since: Option<u64>,
     pub(super) peeked: Option<Pos>,
     pub(super) done: bool,
 }
 
 impl FileCursor {
     /// `None` when a matched value is not in the file (none of its entries can match).
-    pub(super) fn new(file: usize, f: &mut JournalFile, matches: &[(String, String)]) -> Option<Self> {
+    pub(super) fn new(
+        file: usize,
+        f: &mut JournalFile,
+        matches: &[(String, String)],
+        since: Option<u64>,
+    ) -> Option<Self> {
         let mut datas = Vec::new();
         for (k, v) in matches {
             let payload = [k.as_bytes(), b"=", v.as_bytes()].concat();
@@ -50,6 +57,7 @@ impl FileCursor {
             array_items: Vec::new(),
             array_at: 0,
             left: n.saturating_sub(1),
+            since,
             peeked: None,
             done: n == 0,
         })
@@ -79,13 +87,26 @@ impl FileCursor {
             let o = f.object(self.array, OBJECT_ENTRY_ARRAY)?;
             let next = le64(o, 16);
             let items = o.get(24..).unwrap_or_default();
-            self.array_items = if compact {
+            let items: Vec<u64> = if compact {
                 items.chunks_exact(4).map(|c| u64::from(le32(c, 0))).collect()
             } else {
                 items.chunks_exact(8).map(|c| le64(c, 0)).collect()
             };
-            self.array_at = 0;
             self.array = next;
+            // With a `since`, an array whose last entry is older is skipped without reading its
+            // entries (arrays double in size, so a long history costs a few reads), as sdjournal
+            // and journalctl seek by time (both assume the clock did not go back).
+            let valid = items.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            if let Some(since) = self.since
+                && let Some(&last) = items[..valid].last()
+                && last != 0
+                && f.entry_order_if(last, &[])?.is_some_and(|(_, realtime)| realtime < since)
+            {
+                self.left -= valid as u64;
+                continue;
+            }
+            self.array_items = items;
+            self.array_at = 0;
         }
         Ok(None)
     }
@@ -119,14 +140,8 @@ impl FileCursor {
 
     /// The entry at `e` if it has every matched value.
     fn check(&self, f: &mut JournalFile, e: u64) -> Result<Option<Pos>, String> {
-        if !self.others.is_empty() {
-            let items = f.entry_items(e)?;
-            if !self.others.iter().all(|d| items.contains(d)) {
-                return Ok(None);
-            }
-        }
-        let (seqnum, realtime) = f.entry_order(e)?;
-        Ok(Some(Pos { file: self.file, offset: e, seqnum, realtime }))
+        let order = f.entry_order_if(e, &self.others)?;
+        Ok(order.map(|(seqnum, realtime)| Pos { file: self.file, offset: e, seqnum, realtime }))
     }
 
     /// No more entries here: the file's buffers are given back (its entries still to be written

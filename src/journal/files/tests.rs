@@ -48,6 +48,11 @@ fn every_query_reads_as_sdjournal_reads_it() {
             request(&[("_SYSTEMD_UNIT", "vks.ns.p.c.service")], Some(middle), Some(7)),
             request(&[("_SYSTEMD_UNIT", "vks.ns.p.c.service")], Some(u64::MAX), None),
         ];
+        // Times at which whole entry arrays are skipped (they double in size along the list).
+        for at in [times[1], times[times.len() / 4], times[times.len() - 2]] {
+            queries.push(request(&[("_SYSTEMD_UNIT", "vks.ns.p.c.service")], Some(at), None));
+            queries.push(request(&[("VKS_POD_UID", "uid-1"), ("VKS_CONTAINER", "c")], Some(at), None));
+        }
         for run in &runs {
             let m = [("VKS_POD_UID", "uid-1"), ("VKS_CONTAINER", "c"), ("_SYSTEMD_INVOCATION_ID", run.as_str())];
             for tail in [None, Some(0), Some(1), Some(5), Some(100_000)] {
